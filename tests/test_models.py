@@ -1,0 +1,163 @@
+"""The MoNE ViT: timm registration, equivalence with the plain ViT, routing output, gradients, budgets."""
+import pytest
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+import mone  # noqa: F401  registers the models
+from mone.models import TRAIN_CAPACITIES, MoNEVisionTransformer
+
+
+@pytest.fixture(scope="module")
+def pair():
+    torch.manual_seed(0)
+    dense = timm.create_model("dense_vit_tiny_patch4_32", num_classes=10).eval()
+    model = timm.create_model("mone_vit_tiny_patch4_32", num_classes=10).eval()
+    model.load_vit_state_dict(dense.state_dict())
+    return model, dense
+
+
+def test_create_model_registered():
+    model = timm.create_model("mone_vit_tiny_patch4_32", num_classes=7)
+    assert isinstance(model, MoNEVisionTransformer)
+    assert model(torch.randn(2, 3, 32, 32), effective_capacity=0.5).shape == (2, 7)
+    assert "mone_vit_s_patch16_224" in timm.list_models("mone_vit_*")
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        timm.create_model("mone_vit_tiny_patch4_32", pretrained=True)
+
+
+def test_plain_timm_vit_loads_and_matches_at_full_budget(pair):
+    model, dense = pair
+    # a plain timm ViT built directly (not through our registry) has the same parameter names
+    plain = VisionTransformer(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=2, num_classes=10,
+                              class_token=False, global_pool="avg")
+    missing = set(model.state_dict()) - set(plain.state_dict())
+    assert missing == {"router.weight", "router.bias"} | {f"blocks.{i}.alpha" for i in range(2)}
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x, effective_capacity=1.0), dense(x), atol=1e-5)
+    assert torch.allclose(model(x, effective_capacity=1.0), dense(x), atol=1e-5)   # autograd path too
+
+
+def test_wrong_state_dict_is_refused(pair):
+    model, _ = pair
+    with pytest.raises(ValueError, match="not a matching ViT"):
+        model.load_vit_state_dict({"foo": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("e_c", [0.2, 0.5, 0.8])
+def test_forward_routing_outputs(pair, e_c):
+    model, _ = pair
+    out = model.forward_routing(torch.randn(3, 3, 32, 32), effective_capacity=e_c)
+    assert out.logits.shape == (3, 10)
+    assert out.assignment.shape == (3, 64) and out.assignment.dtype == torch.int64
+    assert out.router_probs.shape == (3, 64, 4)
+    assert torch.allclose(out.router_probs.sum(-1), torch.ones(3, 64))
+    counts = torch.stack([(out.assignment == j).sum(1) for j in range(4)], 1)
+    assert (counts == out.tokens_per_expert).all()
+    # each of the 3 larger experts loses < 1 token to the floors, worth < 1 - 1/8 of a token's budget
+    assert e_c - 3 * (7 / 8) / 64 < out.effective_capacity
+    assert out.effective_capacity <= e_c
+
+
+def test_batch_elements_are_independent(pair):
+    """An image's logits and routing do not depend on the other images in the batch."""
+    model, _ = pair
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        together = model.forward_routing(x, 0.4)
+        alone = model.forward_routing(x[1:2], 0.4)
+    assert torch.allclose(together.logits[1], alone.logits[0], atol=1e-5)
+    assert torch.equal(together.assignment[1], alone.assignment[0])
+
+
+def test_grad_and_inference_paths_agree(pair):
+    model, _ = pair
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        a = model(x, 0.3)
+    b = model(x, 0.3)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_nested_forward_matches_masked_reference(pair):
+    """Against a slow reference: each token only reads/writes its first d_j channels in every projection."""
+    model, _ = pair
+    x = torch.randn(2, 3, 32, 32)
+    out = model.forward_routing(x, 0.4)
+    widths = torch.tensor(model.expert_dims)[out.assignment]                          # (B, N)
+    mask = (torch.arange(64)[None, None] < widths[..., None]).float()                 # (B, N, D)
+    t = model.norm_pre(model._pos_embed(model.patch_embed(x)))
+    r = out.router_probs.gather(2, out.assignment[..., None])
+    for blk in model.blocks:
+        a = blk.attn
+        h = blk.norm1(t) * mask
+        b_, n, d = h.shape
+        qkv = a.qkv(h).reshape(b_, n, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4)
+        o = torch.nn.functional.scaled_dot_product_attention(*qkv.unbind(0)).transpose(1, 2).reshape(b_, n, d)
+        t = t + a.proj(o) * mask
+        h = blk.norm2(t) * mask
+        t = t + (blk.alpha * r + 1) * blk.mlp(h) * mask
+    ref = model.forward_head(model.norm(t))
+    assert torch.allclose(out.logits, ref, atol=1e-4)
+
+
+def test_alpha_gets_gradient_at_init_and_router_once_alpha_nonzero():
+    torch.manual_seed(0)
+    model = timm.create_model("mone_vit_tiny_patch4_32", num_classes=10).train()
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    loss = torch.nn.functional.cross_entropy(model(x, effective_capacity=0.5), y)
+    loss.backward()
+    assert all(float(blk.alpha.grad.abs()) > 0 for blk in model.blocks)
+    assert model.router.weight.grad is None or float(model.router.weight.grad.abs().sum()) == 0.0
+    model.zero_grad()
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.alpha.fill_(0.5)
+    torch.nn.functional.cross_entropy(model(x, effective_capacity=0.5), y).backward()
+    assert float(model.router.weight.grad.abs().sum()) > 0
+
+
+def test_alpha_is_bounded_in_forward_but_keeps_its_gradient():
+    model = timm.create_model("mone_vit_tiny_patch4_32", num_classes=10)
+    blk = model.blocks[0]
+    with torch.no_grad():
+        blk.alpha.fill_(-0.3)
+    assert float(blk.bounded_alpha().detach()) == 0.0
+    blk.bounded_alpha().backward()
+    assert float(blk.alpha.grad) == 1.0
+    with torch.no_grad():
+        blk.alpha.fill_(5.0)
+    assert 0.99 < float(blk.bounded_alpha().detach()) < 1.0
+
+
+def test_training_samples_budget_per_step():
+    torch.manual_seed(0)
+    model = timm.create_model("mone_vit_tiny_patch4_32", num_classes=10).train()
+    seen = {model.forward_routing(torch.randn(1, 3, 32, 32)).capacities.tolist().__str__() for _ in range(30)}
+    assert len(seen) > 3
+    fixed = timm.create_model("mone_vit_tiny_patch4_32", num_classes=10, train_capacities=0.3).train()
+    out = fixed.forward_routing(torch.randn(1, 3, 32, 32))
+    assert torch.allclose(out.capacities, mone.capacity_distribution(0.3))
+    assert TRAIN_CAPACITIES[0] == 0.15 and TRAIN_CAPACITIES[-1] == 0.95
+
+
+def test_matvit_submodel_via_one_hot_capacities(pair):
+    model, _ = pair
+    out = model.forward_routing(torch.randn(2, 3, 32, 32), capacities=torch.tensor([0, 1.0, 0, 0]))
+    assert (out.assignment == 1).all()
+    assert out.effective_capacity == pytest.approx(0.25)
+
+
+def test_bad_budget_message(pair):
+    model, _ = pair
+    with pytest.raises(ValueError, match="outside the feasible range"):
+        model(torch.randn(1, 3, 32, 32), effective_capacity=0.05)
+
+
+def test_random_allocator_on_model(pair):
+    model, _ = pair
+    g = torch.Generator().manual_seed(0)
+    out = model.forward_routing(torch.randn(2, 3, 32, 32), 0.5, allocator="random", generator=g)
+    counts = torch.stack([(out.assignment == j).sum(1) for j in range(4)], 1)
+    assert (counts == out.tokens_per_expert).all()
