@@ -12,13 +12,16 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import timm
 import torch
 
-import mone
-from mone.capacity import capacity_distribution, tokens_per_expert
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))    # run from a checkout without installing
+import mone  # noqa: E402
+from mone.capacity import capacity_distribution, tokens_per_expert  # noqa: E402
 
 
 def median_time(fn, repeats: int) -> float:

@@ -71,9 +71,11 @@ def add_nested_linear_out(residual: torch.Tensor, h_rows, linear: nn.Linear, gro
         y = dropout(F.linear(h_rows(g), weight[:g.width], None if bias is None else bias[:g.width]))  # (R_g, d_g)
         if isinstance(layer_scale, LayerScale):
             y = y * layer_scale.gamma[:g.width]
-        if row_scale is not None:
-            y = y * row_scale[g.start:g.end]                                                    # (R_g, 1)
-        residual[g.start:g.end, :g.width] += y
+        rows = residual[g.start:g.end, :g.width]                                              # (R_g, d_g) view
+        if row_scale is None:
+            rows.add_(y)
+        else:
+            rows.addcmul_(y, row_scale[g.start:g.end])                     # one fused pass: y · (R_g, 1) scale
     return residual
 
 
