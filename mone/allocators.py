@@ -8,15 +8,15 @@ random baseline (`mone.routing`), the routers of Liu et al. (`mone.routers`) are
 capacities become the fixed counts k_j, every token gets exactly one expert, and overflow never leaves a token
 unprocessed. Each image is allocated on its own (the plans and sorts run per image).
 
-| allocator              | who chooses first                              | where overflow goes                         |
-|------------------------|------------------------------------------------|---------------------------------------------|
-| epr                    | experts, largest first (MoNE Algorithm 1)      | leftovers to the smallest expert            |
-| softmax_token_choice   | tokens, most confident (max prob) first        | next smaller expert with room, else larger  |
-| sinkhorn_token_choice  | tokens, by the plan (marginals k_j)            | as softmax_token_choice                     |
-| softmax_expert_choice  | = epr (see below)                              |                                             |
-| sinkhorn_expert_choice | experts, largest first, by the plan            | leftovers to the smallest expert            |
-| sparse_expert_choice   | experts, largest first, by a k_j-sparse plan   | leftovers to the smallest expert            |
-| random                 | nobody: a uniform random permutation           |                                             |
+| allocator              | who chooses first                            | where overflow goes                      |
+|------------------------|----------------------------------------------|------------------------------------------|
+| epr                    | experts, largest first (MoNE Algorithm 1)    | leftovers to the smallest expert         |
+| softmax_token_choice   | tokens, most confident (max prob) first      | next smaller expert with room, else up   |
+| sinkhorn_token_choice  | tokens, by the Sinkhorn plan (marginals k_j) | as softmax_token_choice                  |
+| softmax_expert_choice  | = epr (see ALLOCATORS)                       |                                          |
+| sinkhorn_expert_choice | experts, largest first, by the Sinkhorn plan | leftovers to the smallest expert         |
+| sparse_expert_choice   | experts, largest first, by a sparse OT plan  | leftovers to the smallest expert         |
+| random                 | nobody: a uniform random permutation         |                                          |
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .capacity import _validate as _validate_effective_capacity
+from .capacity import validate_effective_capacity
 from .capacity import capacity_distribution, width_fractions
 from .routers import ranking_scores, sinkhorn_plan, sparse_ot_plan
 from .routing import epr_allocate, random_allocate, validate_allocation_inputs
@@ -181,7 +181,7 @@ def capacity_split(effective_capacity: float, num_experts: int = 4, method: str 
         raise ValueError(f"unknown split method {method!r}; choose one of {list(SPLIT_METHODS)}")
     if method == "mone":
         return capacity_distribution(effective_capacity, num_experts)
-    e_c = _validate_effective_capacity(effective_capacity, num_experts)
+    e_c = validate_effective_capacity(effective_capacity, num_experts)
     r = width_fractions(num_experts)                                             # d_j / D, smallest first
     if num_experts == 1:
         return torch.ones(1, dtype=torch.float64)

@@ -18,7 +18,7 @@ import torch
 
 __all__ = [
     "expert_dims", "width_fractions", "min_effective_capacity", "capacity_distribution", "tokens_per_expert",
-    "achieved_capacity",
+    "achieved_capacity", "validate_effective_capacity",
 ]
 
 
@@ -41,7 +41,8 @@ def min_effective_capacity(num_experts: int = 4) -> float:
     return width_fractions(num_experts)[0]
 
 
-def _validate(effective_capacity: float, num_experts: int) -> float:
+def validate_effective_capacity(effective_capacity: float, num_experts: int = 4) -> float:
+    """The budget as a float, or a ValueError that names the feasible range [1/2^(E-1), 1]."""
     try:
         e_c = float(effective_capacity)
     except (TypeError, ValueError):
@@ -61,7 +62,7 @@ def capacity_distribution(effective_capacity: float, num_experts: int = 4) -> to
 
     The maximum-entropy split of Eq. 3 (see the module docstring).
     """
-    e_c = _validate(effective_capacity, num_experts)
+    e_c = validate_effective_capacity(effective_capacity, num_experts)
     r = width_fractions(num_experts)
     low = r[0]
     if num_experts == 1 or e_c >= 1.0 - 1e-12:        # all tokens on the full expert (lam -> +inf)
