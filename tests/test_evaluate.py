@@ -1,0 +1,75 @@
+"""`python -m mone.evaluate`: the curve file's schema, the plot, and the headline numbers written into the card."""
+import json
+
+import pytest
+import torch
+
+from mone.evaluate import GRID, evaluate, main
+from mone.train import parse_args, train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run 20x faster on one thread than on two when the 2 cores are shared (OpenMP spin-waits)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cards(tmp_path_factory):
+    """A tiny MoNE and a tiny dense model, trained for a few steps on the synthetic set (it has object masks)."""
+    root = tmp_path_factory.mktemp("eval")
+    paths = {}
+    for kind in ("mone", "dense"):
+        train(parse_args(["--dataset", "synthetic", "--model", f"{kind}_vit_tiny_patch4_32", "--device", "cpu",
+                          "--batch-size", "32", "--train-size", "64", "--eval-size", "16", "--epochs", "1",
+                          "--workers", "0", "--out-dir", str(root / f"run_{kind}"),
+                          "--export", str(root / "assets" / f"{kind}_tiny")]))
+        paths[kind] = root / "assets" / f"{kind}_tiny.json"
+    return paths
+
+
+def test_curves_schema_plot_and_card(cards):
+    out_dir = cards["mone"].parent / "curves"
+    curves = evaluate(cards["mone"], cards["dense"], limit=16, batch_size=16, device="cpu", out_dir=out_dir)
+    saved = json.loads((out_dir / "mone_tiny.json").read_text())
+    assert saved == json.loads(json.dumps(curves))
+    assert saved["model"] == "mone_tiny" and saved["split"] == "test" and saved["images"] == 16
+    points = saved["points"]
+    assert {p["method"] for p in points} == {"mone", "random_router", "matvit", "dense"}
+    for p in points:
+        assert {"method", "effective_capacity", "macs", "top1"} <= p.keys() and 0.0 <= p["top1"] <= 1.0
+    for method in ("mone", "random_router"):
+        line = [p for p in points if p["method"] == method]
+        assert [p["effective_capacity"] for p in line] == list(GRID)
+        assert all(a["macs"] < b["macs"] for a, b in zip(line, line[1:]))
+    assert [p["effective_capacity"] for p in points if p["method"] == "matvit"] == [0.125, 0.25, 0.5, 1.0]
+    mone_full = next(p for p in points if p["method"] == "mone" and p["effective_capacity"] == 1.0)
+    dense = next(p for p in points if p["method"] == "dense")
+    assert dense["macs"] < mone_full["macs"]      # same shape; MoNE at e_c = 1 only adds the router
+    rows = saved["object_precision"]
+    assert [r["effective_capacity"] for r in rows] == list(GRID)
+    for r in rows:
+        assert 0 < r["object_area_share"] < 1
+        assert r["mone"] is None or 0 <= r["mone"] <= 1
+    assert rows[-1]["mone"] == rows[-1]["random_router"] == pytest.approx(rows[-1]["object_area_share"], abs=1e-4)
+    assert len(saved["router_gap"]) == len(GRID)
+    png = out_dir / "mone_tiny.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = json.loads(cards["mone"].read_text())
+    evaluation = card["evaluation"]
+    assert evaluation["curves"] == "curves/mone_tiny.json" and evaluation["images"] == 16
+    assert set(evaluation["top1"]) == {"e_c=0.25", "e_c=0.5", "e_c=0.75", "e_c=1"}
+    assert 0 <= evaluation["dense_top1"] <= 1
+
+
+def test_random_router_is_reproducible_and_dense_cards_evaluate_alone(cards, tmp_path):
+    a = evaluate(cards["mone"], limit=8, device="cpu", out_dir=tmp_path / "a")
+    b = evaluate(cards["mone"], limit=8, device="cpu", out_dir=tmp_path / "b")
+    assert a["points"] == b["points"] and a["object_precision"] == b["object_precision"]
+    main(["--card", str(cards["dense"]), "--limit", "8", "--device", "cpu", "--out-dir", str(tmp_path / "d")])
+    dense = json.loads((tmp_path / "d" / "dense_tiny.json").read_text())
+    assert [p["method"] for p in dense["points"]] == ["dense"] and "object_precision" not in dense
+    assert json.loads(cards["dense"].read_text())["evaluation"]["dense_top1"] == dense["points"][0]["top1"]

@@ -1,0 +1,122 @@
+"""`python -m mone.train` on the tiny synthetic set: learning, exact resume, safetensors-only files, export, DDP."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+import mone
+from mone.train import AUGMENT, augment, iso_flops_factor, main, parse_args, train
+
+TINY = ["--dataset", "synthetic", "--model", "mone_vit_tiny_patch4_32", "--device", "cpu", "--batch-size", "32",
+        "--eval-size", "32", "--workers", "0"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run 20x faster on one thread than on two when the 2 cores are shared (OpenMP spin-waits)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(tmp: Path, *extra: str) -> dict:
+    return train(parse_args([*TINY, "--out-dir", str(tmp), *extra]), "test")
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_few_steps_lower_the_loss_and_the_export_loads_back(tmp_path):
+    summary = run(tmp_path / "run", "--epochs", "3", "--train-size", "256", "--lr", "3e-3", "--warmup-epochs",
+                  "0.25", "--drop-path", "0", "--log-every", "1", "--export", str(tmp_path / "assets" / "tiny"))
+    losses = [r["loss"] for r in records(tmp_path / "run" / "log.jsonl") if "loss" in r]
+    assert len(losses) == 24
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.05
+    card_path = tmp_path / "assets" / "tiny.json"
+    card = json.loads(card_path.read_text())
+    for key in ("model", "model_kwargs", "weights", "preprocess", "data", "config", "command", "commit", "started",
+                "finished", "train_seconds", "hardware", "estimated_cpu_hours_here", "evaluation"):
+        assert key in card
+    assert card["weights"] == "tiny.safetensors" and (tmp_path / "assets" / "tiny.safetensors").is_file()
+    assert card["model_kwargs"]["num_classes"] == 4 and card["preprocess"]["image_size"] == 32
+    assert card["data"]["sizes"]["images_seen"] == 24 * 32 and card["stopped_early"] is None
+    loaded = mone.load_model(card_path)
+    trained = summary["model"]
+    x = torch.randn(5, 3, 32, 32)
+    with torch.inference_mode():
+        for e_c in (0.3, 1.0):
+            torch.testing.assert_close(loaded(x, effective_capacity=e_c), trained(x, effective_capacity=e_c),
+                                       atol=1e-6, rtol=0)
+
+
+def test_resume_continues_exactly(tmp_path):
+    args = ("--epochs", "3", "--train-size", "64", "--log-every", "1", "--ckpt-every", "100")  # 2 steps per epoch
+    run(tmp_path / "straight", *args)
+    run(tmp_path / "resumed", *args, "--stop-at-step", "3")                  # interrupted mid-epoch
+    assert json.loads((tmp_path / "resumed" / "ckpt.json").read_text())["step"] == 3
+    with pytest.raises(ValueError, match="different config"):
+        run(tmp_path / "resumed", *args, "--lr", "5e-4", "--resume")
+    run(tmp_path / "resumed", *args, "--resume", "--stop-at-step", "4")      # interrupted before an epoch's eval
+    run(tmp_path / "resumed", *args, "--resume")
+    final = [load_file(str(next((tmp_path / name).glob("ckpt-*.safetensors")))) for name in ("straight", "resumed")]
+    assert final[0].keys() == final[1].keys() and any(k.startswith("optim/") for k in final[0])
+    for key in final[0]:
+        assert torch.equal(final[0][key], final[1][key]), key
+    logs = [[{k: v for k, v in r.items() if k != "img_per_s"} for r in records(tmp_path / name / "log.jsonl")
+             if "param_checksum" not in r] for name in ("straight", "resumed")]   # a checksum ends every process
+    assert logs[0] == logs[1]
+    # checkpoints are safetensors + JSON only: nothing pickled anywhere
+    written = {p.suffix for p in tmp_path.rglob("*") if p.is_file()}
+    assert written <= {".safetensors", ".json", ".jsonl"}, written
+
+
+def test_existing_checkpoint_needs_resume(tmp_path):
+    run(tmp_path, "--epochs", "1", "--train-size", "32")
+    with pytest.raises(FileExistsError):
+        run(tmp_path, "--epochs", "1", "--train-size", "32")
+
+
+def test_augment_translation_is_an_exact_padded_crop():
+    x = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8)
+    recipe = dict(AUGMENT["fashion_mnist"], hflip=False)
+    out = augment(x, 28, recipe, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x.float() / 255, (4, 4, 4, 4))
+    for img, src in zip(out, padded):     # every output is one of the 81 integer crops of the zero-padded image
+        assert min((img - src[:, dy:dy + 28, dx:dx + 28]).abs().max().item()
+                   for dy in range(9) for dx in range(9)) < 1e-5
+    same = augment(x, 28, dict(recipe, translate=0), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(same, x.float() / 255, atol=1e-5, rtol=0)
+
+
+def test_iso_flops_gives_mone_more_steps():
+    assert iso_flops_factor(timm.create_model("dense_vit_tiny_patch4_32")) == 1.0
+    factor = iso_flops_factor(timm.create_model("mone_vit_tiny_patch4_32"))
+    assert 1.3 < factor < 3.0
+
+
+def test_ddp_two_processes_keep_identical_weights(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mone.train",
+           *TINY, "--epochs", "1", "--train-size", "128", "--log-every", "1", "--out-dir", str(out),
+           "--export", str(tmp_path / "ddp_card")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "ckpt.json").is_file() and json.loads((out / "ckpt.json").read_text())["world_size"] == 2
+    checksums = [r for r in records(out / "log.jsonl") if "param_checksum" in r][-1]["param_checksum"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    card = json.loads((tmp_path / "ddp_card.json").read_text())
+    assert card["command"].startswith("torchrun") and card["hardware"]["processes"] == 2
+
+
+def test_cli_main_prints_a_summary(tmp_path, capsys):
+    main([*TINY, "--epochs", "1", "--train-size", "32", "--out-dir", str(tmp_path)])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 1
