@@ -282,6 +282,8 @@ def evaluate_top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
 
 def git_commit() -> str:
     """HEAD, with "-dirty" when tracked files have uncommitted changes; "unknown" outside a git checkout."""
+    if os.environ.get("MONE_COMMIT"):      # a copy of the tree without .git (e.g. a lent GPU machine) names it
+        return os.environ["MONE_COMMIT"]
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
