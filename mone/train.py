@@ -487,7 +487,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
         print(f"{cfg.model} on {cfg.dataset}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, "
               f"{total_steps} steps ({steps_per_epoch}/epoch, isoFLOPs factor {factor:.3f}), {world} process(es) "
               f"on {device}", file=sys.stderr)
-    bar = tqdm(total=total_steps, initial=step, dynamic_ncols=True) if tqdm and main_process else None
+    bar = tqdm(total=total_steps, initial=step, dynamic_ncols=True) \
+        if tqdm and main_process and sys.stderr.isatty() else None        # otherwise the log lines go to stderr
     model.train()
     if step and step % steps_per_epoch == 0 and (not history or history[-1]["step"] != step):
         run_eval(step // steps_per_epoch - 1)     # interrupted between an epoch's last step and its evaluation
@@ -538,11 +539,13 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
                 loss_sum, steps_logged, t_log = torch.zeros((), device=device), 0, time.time()
             if step % cfg.ckpt_every == 0:
                 checkpoint()
-            if cfg.max_minutes is not None:    # leave time for the last evaluation; all ranks stop together
-                late = torch.tensor(float(time.time() - t_start + eval_seconds > 60 * cfg.max_minutes), device=device)
-                if distributed:
-                    dist.all_reduce(late, op=dist.ReduceOp.MAX)
-                if late.item():
+            if cfg.max_minutes is not None and (not distributed or step % cfg.log_every == 0):
+                late = time.time() - t_start + eval_seconds > 60 * cfg.max_minutes   # leave time for the last eval
+                if distributed:                                                    # every rank stops at this step
+                    flag = torch.tensor(float(late), device=device)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    late = bool(flag.item())
+                if late:
                     stop_reason = f"max_minutes={cfg.max_minutes:g} reached at step {step} of {total_steps}"
                     break
             if cfg.stop_at_step is not None and step >= cfg.stop_at_step:
