@@ -1,0 +1,208 @@
+"""Markdown result tables, generated from the files the evaluation and benchmark commands wrote.
+
+    python -m mone.report            # print the tables
+    python -m mone.report --write    # replace the generated block of README.md
+
+The README's tables are this module's output verbatim (a test checks it), so no number there is typed by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "assets"
+BEGIN, END = "<!-- results:begin (python -m mone.report --write) -->", "<!-- results:end -->"
+
+# (MoNE curve, what it is) in the order the README shows them; a missing file is skipped.
+CURVES = [("mone_vit_fmnist", "Fashion-MNIST, equal epochs"),
+          ("mone_vit_scenes", "Scenes, equal epochs"),
+          ("mone_vit_scenes_isoflops", "Scenes, isoFLOPs (MoNE gets dense's training MACs)")]
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _point(points: list[dict], method: str, e_c: float) -> dict | None:
+    return next((p for p in points if p["method"] == method and abs(p["effective_capacity"] - e_c) < 1e-9), None)
+
+
+def accuracy_table() -> list[str]:
+    rows = ["| model (test split) | dense | MoNE e_c=0.3 | MoNE 0.5 | MoNE 1.0 | random router 0.2 / MoNE 0.2 | "
+            "best MatViT with ≥ the MACs of MoNE 0.3 | MoNE 0.5 MACs / dense |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, what in CURVES:
+        curve = _load(ASSETS / "curves" / f"{name}.json")
+        if curve is None:
+            continue
+        pts = curve["points"]
+        dense = next((p for p in pts if p["method"] == "dense"), None)
+        m3, m5, m10 = (_point(pts, "mone", e) for e in (0.3, 0.5, 1.0))
+        r2, m2 = _point(pts, "random_router", 0.2), _point(pts, "mone", 0.2)
+        # MatViT sub-models that cost at least what MoNE at 0.3 costs: MoNE should beat every one of them
+        matvit = [p for p in pts if p["method"] == "matvit" and m3 and p["macs"] >= m3["macs"]]
+        best_matvit = max(matvit, key=lambda p: p["top1"]) if matvit else None
+        ratio = f"{m5['macs'] / dense['macs']:.2f}" if m5 and dense else "–"
+        rows.append(f"| {what} | {_pct(dense and dense['top1'])} | {_pct(m3 and m3['top1'])} | "
+                    f"{_pct(m5 and m5['top1'])} | {_pct(m10 and m10['top1'])} | "
+                    f"{_pct(r2 and r2['top1'])} / {_pct(m2 and m2['top1'])} | "
+                    f"{_pct(best_matvit and best_matvit['top1'])} (e_c {best_matvit['effective_capacity'] if best_matvit else '–'}) | "
+                    f"{ratio} |")
+    return rows
+
+
+def _curve_points(name: str, split: str = "test") -> list[dict]:
+    curve = _load(ASSETS / "curves" / f"{name}.json") or {}
+    return curve.get("points", []) if split == "test" else curve.get("splits", {}).get(split, {}).get("points", [])
+
+
+def _top1(points: list[dict], method: str, e_c: float = 1.0) -> float | None:
+    p = next((p for p in points if p["method"] == "dense"), None) if method == "dense" else _point(points, method, e_c)
+    return p and p["top1"]
+
+
+def targets_table() -> list[str]:
+    """The issue's targets, each with the measured value and whether it holds."""
+    rows = ["| target | measured | holds |", "|---|---|---|"]
+
+    def add(target: str, measured: float | None, ok, fmt: str = "{:.1f}") -> None:
+        if measured is not None:
+            rows.append(f"| {target} | {fmt.format(measured)} | {'yes' if ok(measured) else 'no'} |")
+
+    f = _curve_points("mone_vit_fmnist")
+    if f:
+        dense = 100 * _top1(f, "dense")
+        add("Fashion-MNIST: dense ≥ 92.0 %", dense, lambda v: v >= 92.0)
+        add("Fashion-MNIST: MoNE e_c=0.5 ≥ dense − 0.5 pt (pt vs dense)", 100 * _top1(f, "mone", 0.5) - dense,
+            lambda v: v >= -0.5, "{:+.1f}")
+        add("Fashion-MNIST: MoNE e_c=0.3 ≥ dense − 1.5 pt (pt vs dense)", 100 * _top1(f, "mone", 0.3) - dense,
+            lambda v: v >= -1.5, "{:+.1f}")
+        m3 = _point(f, "mone", 0.3)
+        above = [p["top1"] for p in f if p["method"] == "matvit" and p["macs"] >= m3["macs"]]
+        add("Fashion-MNIST: MoNE e_c=0.3 above every MatViT point of ≥ its MACs (pt over the best)",
+            100 * (m3["top1"] - max(above)), lambda v: v > 0, "{:+.1f}")
+    for name, what in CURVES[1:]:
+        s = _curve_points(name)
+        if not s:
+            continue
+        dense = 100 * _top1(s, "dense")
+        add(f"{what}: dense ≥ 85 % on unseen backgrounds", dense, lambda v: v >= 85.0)
+        add(f"{what}: MoNE e_c=0.3 within 1 pt of dense (pt vs dense)", 100 * _top1(s, "mone", 0.3) - dense,
+            lambda v: v >= -1.0, "{:+.1f}")
+        op = next((o for o in (_load(ASSETS / "curves" / f"{name}.json") or {}).get("object_precision", [])
+                   if abs(o["effective_capacity"] - 0.3) < 1e-9), None)
+        if op and op["mone"] is not None:
+            add(f"{what}: object patches ≥ 3× over-represented in the largest expert at e_c=0.3",
+                op["mone"] / op["object_area_share"], lambda v: v >= 3.0, "{:.2f}×")
+        add(f"{what}: learned router ≥ 3 pt above random at e_c=0.2 (pt)",
+            100 * (_top1(s, "mone", 0.2) - _top1(s, "random_router", 0.2)), lambda v: v >= 3.0, "{:+.1f}")
+    return rows
+
+
+def scenes_table() -> list[str]:
+    rows = ["| Scenes model | unseen instances: dense | MoNE 0.3 | MoNE 0.5 | object share among largest-expert tokens "
+            "at e_c 0.3 (MoNE / random / object area) | over-representation |",
+            "|---|---|---|---|---|---|"]
+    for name, what in CURVES[1:]:
+        curve = _load(ASSETS / "curves" / f"{name}.json")
+        if curve is None:
+            continue
+        inst = curve.get("splits", {}).get("test_instances", {}).get("points", [])
+        dense = next((p for p in inst if p["method"] == "dense"), None)
+        op = next((o for o in curve.get("object_precision", []) if abs(o["effective_capacity"] - 0.3) < 1e-9), None)
+        share = (f"{_pct(op['mone'])} / {_pct(op['random_router'])} / {_pct(op['object_area_share'])}"
+                 if op and op["mone"] is not None else "–")
+        over = f"{op['mone'] / op['object_area_share']:.2f}×" if op and op["mone"] is not None else "–"
+        m3, m5 = (_point(inst, "mone", e) for e in (0.3, 0.5))
+        rows.append(f"| {what} | {_pct(dense and dense['top1'])} | {_pct(m3 and m3['top1'])} | "
+                    f"{_pct(m5 and m5['top1'])} | {share} | {over} |")
+    return rows
+
+
+def routers_table() -> list[str]:
+    data = _load(ASSETS / "routers" / "vmoe_fmnist.json")
+    if data is None:
+        return []
+    cfg = data["config"]
+    rows = [f"V-MoE `{cfg['model']}`, E={cfg['num_experts']}, capacity factor {cfg['capacity_factor']}, "
+            f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, seed {cfg['seed']} (one seed: differences below "
+            "about 1 pt are within noise).", "",
+            "| router | test top-1 | train img/s | eval img/s | dropped tokens (eval) |", "|---|---|---|---|---|"]
+    for router, r in data["results"].items():
+        rows.append(f"| {router} | {_pct(r['accuracy'])} | {r['train_img_per_s']:.0f} | {r['eval_img_per_s']:.0f} | "
+                    f"{_pct(r['eval_dropped_tokens'])} % |")
+    return rows
+
+
+def allocators_table() -> list[str]:
+    files = sorted((ASSETS / "routers").glob("mone_allocators_*.json"))
+    rows = []
+    for path in files:
+        data = _load(path)
+        results = [r for r in data["results"] if r["split"] == "mone"]
+        budgets = sorted({r["effective_capacity"] for r in results})
+        rows += [f"`{Path(data['card']).name}`, capacity split of the paper, test top-1 (%):", "",
+                 "| allocator | " + " | ".join(f"e_c={b:g}" for b in budgets) + " |",
+                 "|---|" + "---|" * len(budgets)]
+        for alloc in dict.fromkeys(r["allocator"] for r in results):
+            acc = {r["effective_capacity"]: r["accuracy"] for r in results if r["allocator"] == alloc}
+            rows.append(f"| {alloc} | " + " | ".join(_pct(acc.get(b)) for b in budgets) + " |")
+        splits = [r for r in data["results"] if r["allocator"] == "epr"]
+        by_split = {}
+        for r in splits:
+            by_split.setdefault(r["split"], {})[r["effective_capacity"]] = r["accuracy"]
+        rows += ["", "EPR under the capacity splits that the paper compares (test top-1, %):", "",
+                 "| split | " + " | ".join(f"e_c={b:g}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+        rows += [f"| {s} | " + " | ".join(_pct(acc.get(b)) for b in budgets) + " |" for s, acc in by_split.items()]
+    return rows
+
+
+def speed_table() -> list[str]:
+    rows = []
+    for path in sorted((ASSETS / "bench").glob("speed_*.json")):
+        data = _load(path)
+        rows += [f"`{path.name}`: {data['model']} on {data['device']}, {data.get('machine', '')} "
+                 f"{data['threads']} threads, torch {data['torch']}", "",
+                 "| batch | e_c | dense ms | MoNE ms | time ratio | MACs ratio | time / MACs | routing share |",
+                 "|---|---|---|---|---|---|---|---|"]
+        rows += [f"| {r['batch']} | {r['effective_capacity']:g} | {r['dense_ms']:.1f} | {r['mone_ms']:.1f} | "
+                 f"{r['time_ratio']:.3f} | {r['macs_ratio']:.3f} | {r['time_over_macs']:.3f} | "
+                 f"{100 * r['routing_share']:.2f} % |" for r in data["rows"]]
+        rows.append("")
+    return rows
+
+
+def report() -> str:
+    parts = [("### Targets of the training issue, checked against the curve files", targets_table()),
+             ("### Accuracy against compute (from `assets/curves/*.json`)", accuracy_table()),
+             ("### Scenes: unseen object instances and where the router sends the big expert", scenes_table()),
+             ("### Six routers in a V-MoE layer, Fashion-MNIST (from `assets/routers/vmoe_fmnist.json`)",
+              routers_table()),
+             ("### Allocators on the trained MoNE model (from `assets/routers/mone_allocators_*.json`)",
+              allocators_table()),
+             ("### Speed (from `assets/bench/speed_*.json`)", speed_table())]
+    return "\n".join(f"{title}\n\n" + "\n".join(rows) + "\n" for title, rows in parts if rows).rstrip() + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write", action="store_true", help="replace the generated block of README.md")
+    args = parser.parse_args()
+    text = report()
+    if not args.write:
+        print(text)
+        return
+    readme = ROOT / "README.md"
+    content = readme.read_text()
+    start, end = content.index(BEGIN) + len(BEGIN), content.index(END)
+    readme.write_text(content[:start] + "\n" + text + content[end:])
+
+
+if __name__ == "__main__":
+    main()
