@@ -12,9 +12,9 @@ router's object precision is measured at every budget: the share of object patch
 tokens given to the largest expert, against the object-area share (the fraction of object patches overall) and the
 random allocator's precision. Scenes are scored on `test` and, separately, on `test_instances` (unseen objects).
 
-Writes <out-dir>/<card name>.json ({"model", "card", "split", "points": [{"method", "effective_capacity", "macs",
-"top1", …}], "object_precision": […], "splits": {other split: {…}}}) and <out-dir>/<card name>.png, and the headline
-numbers into the card's `evaluation` field.
+Writes <out-dir>/<card name>.json, {"model", "card", "split", "points": [{"method", "effective_capacity", "macs",
+"top1", …}], "object_precision": […], "splits": {other split: {…}}}, and <out-dir>/<card name>.png, and puts the
+headline numbers into the card's `evaluation` field.
 """
 from __future__ import annotations
 
@@ -69,10 +69,12 @@ def score_split(model: torch.nn.Module, dense: torch.nn.Module | None, card: dic
                                                  data.get("seed", 0), workers, pack))
     mean, std = torch.tensor(pre["mean"], device=device), torch.tensor(pre["std"], device=device)
     runs = runs_for(model, dense)
-    correct = torch.zeros(len(runs), dtype=torch.int64)
+    # counts stay on the device until the end: no host sync per batch
+    correct, on_largest, object_on_largest = (torch.zeros(len(runs), dtype=torch.int64, device=device)
+                                              for _ in range(3))
+    object_patches = torch.zeros((), dtype=torch.int64, device=device)
     achieved = [None] * len(runs)
     routed = isinstance(model, MoNEVisionTransformer) and masks is not None
-    on_largest, object_on_largest, object_patches = torch.zeros(len(runs)), torch.zeros(len(runs)), 0.0
     generators = [torch.Generator().manual_seed(RANDOM_SEED) for _ in runs]    # CPU: what the allocator draws on
     for start in range(0, n, batch_size):
         x = standardize(to_unit(images[start:start + batch_size].to(device), pre["image_size"]), mean, std)
@@ -81,7 +83,7 @@ def score_split(model: torch.nn.Module, dense: torch.nn.Module | None, card: dic
             patch = model.patch_embed.patch_size[0]
             is_object = patch_object_fraction(masks[start:start + batch_size], patch) >= OBJECT_PATCH
             is_object = is_object.flatten(1).to(device)                                   # (B, N) row-major patches
-            object_patches += is_object.sum().item()
+            object_patches += is_object.sum()
         for r, run in enumerate(runs):
             if run["method"] == "dense":
                 logits = run["dense"](x)
@@ -91,9 +93,9 @@ def score_split(model: torch.nn.Module, dense: torch.nn.Module | None, card: dic
                 logits, achieved[r] = out.logits, out.effective_capacity
                 if routed:
                     largest = out.assignment == model.num_experts - 1                     # (B, N)
-                    on_largest[r] += largest.sum().item()
-                    object_on_largest[r] += (largest & is_object).sum().item()
-            correct[r] += (logits.argmax(-1) == y).sum().item()
+                    on_largest[r] += largest.sum()
+                    object_on_largest[r] += (largest & is_object).sum()
+            correct[r] += (logits.argmax(-1) == y).sum()
     points = []
     for r, run in enumerate(runs):
         point = dict(method=run["method"], effective_capacity=run["effective_capacity"], macs=run["macs"],
@@ -105,20 +107,21 @@ def score_split(model: torch.nn.Module, dense: torch.nn.Module | None, card: dic
         points.append(point)
     result = dict(split=split, images=n, points=points, router_gap=router_gap(points))
     if routed:
-        result["object_precision"] = object_precision(runs, on_largest, object_on_largest, object_patches,
-                                                      n * model.patch_embed.num_patches, n)
+        result["object_precision"] = object_precision(runs, on_largest.cpu(), object_on_largest.cpu(),
+                                                      object_patches.item(), n * model.patch_embed.num_patches, n)
     return result
 
 
 def router_gap(points: list[dict]) -> list[dict]:
     """Learned minus random router top-1 at every budget."""
     rand = {p["effective_capacity"]: p["top1"] for p in points if p["method"] == "random_router"}
-    return [dict(effective_capacity=p["effective_capacity"], top1_gap=round(p["top1"] - rand[p["effective_capacity"]], 5))
+    return [dict(effective_capacity=p["effective_capacity"],
+                 top1_gap=round(p["top1"] - rand[p["effective_capacity"]], 5))
             for p in points if p["method"] == "mone"]
 
 
 def object_precision(runs: list[dict], on_largest: torch.Tensor, object_on_largest: torch.Tensor,
-                     object_patches: float, all_patches: int, images: int) -> list[dict]:
+                     object_patches: int, all_patches: int, images: int) -> list[dict]:
     """Per budget: object share among the largest expert's tokens (EPR and random), the object-area share, recall."""
     share = object_patches / all_patches
 
@@ -189,6 +192,7 @@ def plot(curves: dict, path: Path) -> None:
                 ax.plot([p["macs"] / 1e9 for p in pts], [100 * p["top1"] for p in pts], label=method, **kw)
         for p in (p for p in result["points"] if p["method"] == "dense"):
             ax.plot(p["macs"] / 1e9, 100 * p["top1"], marker="*", ms=16, ls="none", color="k", label="dense")
+        ax.margins(0.08)                                              # room for the dense star at the edges
         ax.set(xlabel="GMACs (multiply-adds) per image", ylabel="top-1 accuracy (%)",
                title=f"{curves['model']} — {result['split']} ({result['images']} images)")
         ax.grid(alpha=0.3)
