@@ -1,0 +1,61 @@
+"""Video throughput of the MoNE Explorer: frames per second processed by /analyze_video's function.
+
+    python bench/video_fps.py [--card assets/<name>.json] [--video assets/examples/bikes.mp4] [--frames 48]
+
+For each budget it reports the frames per second through the model alone (batched forward, chunks of 16) and end to
+end (decode + sample + model + overlays + H.264 encode). Without a trained card in assets/ it times a randomly
+initialised mone_vit_mini_patch8_96 (weights do not change the cost).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from app_latency import REPO, resolve_card, use_card  # noqa: E402
+
+
+def default_video() -> Path:
+    bikes = REPO / "assets" / "examples" / "bikes.mp4"
+    if bikes.is_file():
+        return bikes
+    import numpy as np
+
+    from mone.video import encode_h264
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (272, 640, 3), dtype=np.uint8) for _ in range(100)]
+    return encode_h264(frames, Path(tempfile.mkdtemp()) / "synthetic.mp4", 25)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--card", default=None)
+    ap.add_argument("--video", default=None)
+    ap.add_argument("--frames", type=int, default=48, help="frame cap (sampled evenly)")
+    ap.add_argument("--allocator", default="epr")
+    ap.add_argument("--budgets", type=float, nargs="+", default=[0.25, 0.5, 1.0])
+    args = ap.parse_args(argv)
+    card_path, how = resolve_card(args.card)
+    inf, name = use_card(card_path)
+    video = Path(args.video) if args.video else default_video()
+    model = inf.get_model(inf.get_entry(name))
+    print(f"card   {card_path} ({how})")
+    print(f"model  {model.card['model']}, {inf.DEVICE}; video {video.name}; cap {args.frames} frames")
+    inf.analyze_video(str(video), name, args.allocator, 0.5, 0.5, 8)          # warm-up
+    out = {}
+    for b in args.budgets:
+        t = time.perf_counter()
+        r = inf.analyze_video(str(video), name, args.allocator, b, 0.5, args.frames)
+        wall = time.perf_counter() - t
+        d = r.details
+        out[b] = dict(frames=d["frames"], model_fps=d["model_fps"], total_fps=d["frames"] / wall, wall_s=wall)
+        print(f"  e_c {b:4.2f}: {d['frames']} frames in {wall:5.2f} s -> {d['frames'] / wall:6.1f} frames/s end to "
+              f"end, {d['model_fps']:7.1f} frames/s through the model ({d['macs_per_frame'] / 1e9:.3f} GMACs/frame)")
+    return out
+
+
+if __name__ == "__main__":
+    main()
