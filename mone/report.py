@@ -178,6 +178,20 @@ def speed_table() -> list[str]:
     return rows
 
 
+def train_cost_table() -> list[str]:
+    data = _load(ASSETS / "bench" / "train_cpu.json")
+    if data is None:
+        return []
+    rows = [f"Training steps timed on this machine ({data['machine']}, {data['threads']} threads, batch "
+            f"{data['batch_size']}, `python bench/train_throughput.py`), against the 3-hour target:", "",
+            "| card | trained on | train time there | CPU img/s here | images seen | est. hours here | ≤ 3 h |",
+            "|---|---|---|---|---|---|---|"]
+    rows += [f"| {r['card']} | {r['trained_on']} | {r['train_seconds']:.0f} s | {r['images_per_second']:.0f} | "
+             f"{r['images_seen']} | {r['estimated_hours']:.1f} | {'yes' if r['estimated_hours'] <= 3 else 'no'} |"
+             for r in data["rows"]]
+    return rows
+
+
 def report() -> str:
     parts = [("### Targets of the training issue, checked against the curve files", targets_table()),
              ("### Accuracy against compute (from `assets/curves/*.json`)", accuracy_table()),
@@ -186,6 +200,7 @@ def report() -> str:
               routers_table()),
              ("### Allocators on the trained MoNE model (from `assets/routers/mone_allocators_*.json`)",
               allocators_table()),
+             ("### Training cost on this machine (from `assets/bench/train_cpu.json`)", train_cost_table()),
              ("### Speed (from `assets/bench/speed_*.json`)", speed_table())]
     return "\n".join(f"{title}\n\n" + "\n".join(rows) + "\n" for title, rows in parts if rows).rstrip() + "\n"
 
