@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -24,8 +25,11 @@ import mone  # noqa: E402
 from mone.capacity import capacity_distribution, tokens_per_expert  # noqa: E402
 
 
-def median_time(fn, repeats: int) -> float:
+def median_time(fn, repeats: int, min_seconds: float = 3.0) -> float:
+    """Median of at least `repeats` runs, and of enough runs to span `min_seconds` (small batches are noisy)."""
+    start = time.perf_counter()
     fn()                                                   # warm-up (allocator, oneDNN primitive caches)
+    repeats = max(repeats, math.ceil(min_seconds / max(time.perf_counter() - start, 1e-6)))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -63,7 +67,7 @@ def main() -> None:
         return median_time(lambda: (fn(), sync()), args.repeats)
 
     print(f"# {args.model} on {args.device} ({platform.processor() or platform.machine()}, {args.threads} threads), "
-          f"torch {torch.__version__}, medians of {args.repeats} runs")
+          f"torch {torch.__version__}, medians of >= {args.repeats} runs spanning >= 3 s")
     print(f"{'batch':>5} {'e_c':>5} {'dense ms':>9} {'MoNE ms':>9} {'time ratio':>10} {'MACs ratio':>10} "
           f"{'time/MACs':>9} {'routing %':>9}")
     rows = []
@@ -85,7 +89,8 @@ def main() -> None:
                       f"{macs_ratio:>10.3f} {row['time_over_macs']:>9.3f} {100 * row['routing_share']:>8.2f}%")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(model=args.model, device=args.device, threads=args.threads, torch=torch.__version__,
+            json.dump(dict(model=args.model, device=args.device, machine=platform.processor() or platform.machine(),
+                           threads=args.threads, torch=torch.__version__,
                            rows=rows), f, indent=1)
 
 

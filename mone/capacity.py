@@ -12,6 +12,7 @@ finds it. (The closed form holds for any beta > 0; beta only matters for delta !
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -63,12 +64,17 @@ def capacity_distribution(effective_capacity: float, num_experts: int = 4) -> to
     The maximum-entropy split of Eq. 3 (see the module docstring).
     """
     e_c = validate_effective_capacity(effective_capacity, num_experts)
+    return torch.tensor(_max_entropy_split(e_c, num_experts), dtype=torch.float64)
+
+
+@functools.lru_cache(maxsize=1024)
+def _max_entropy_split(e_c: float, num_experts: int) -> tuple[float, ...]:
+    """c_j ∝ exp(lam · d_j/D) with lam bisected to meet e_c; cached: a forward pass asks for it every time."""
     r = width_fractions(num_experts)
-    low = r[0]
     if num_experts == 1 or e_c >= 1.0 - 1e-12:        # all tokens on the full expert (lam -> +inf)
-        return torch.tensor([0.0] * (num_experts - 1) + [1.0], dtype=torch.float64)
-    if e_c <= low + 1e-12:                             # all tokens on the smallest expert (lam -> -inf)
-        return torch.tensor([1.0] + [0.0] * (num_experts - 1), dtype=torch.float64)
+        return (0.0,) * (num_experts - 1) + (1.0,)
+    if e_c <= r[0] + 1e-12:                            # all tokens on the smallest expert (lam -> -inf)
+        return (1.0,) + (0.0,) * (num_experts - 1)
 
     def split(lam: float) -> list[float]:
         logits = [lam * x for x in r]
@@ -77,18 +83,21 @@ def capacity_distribution(effective_capacity: float, num_experts: int = 4) -> to
         s = sum(w)
         return [v / s for v in w]
 
+    def budget(lam: float) -> float:
+        return sum(c * x for c, x in zip(split(lam), r))
+
     lo, hi = -1.0, 1.0
-    while sum(c * x for c, x in zip(split(lo), r)) > e_c:
+    while budget(lo) > e_c:
         lo *= 2
-    while sum(c * x for c, x in zip(split(hi), r)) < e_c:
+    while budget(hi) < e_c:
         hi *= 2
     for _ in range(200):                               # float64 bisection: converges to machine precision
         mid = 0.5 * (lo + hi)
-        if sum(c * x for c, x in zip(split(mid), r)) < e_c:
+        if budget(mid) < e_c:
             lo = mid
         else:
             hi = mid
-    return torch.tensor(split(0.5 * (lo + hi)), dtype=torch.float64)
+    return tuple(split(0.5 * (lo + hi)))
 
 
 def tokens_per_expert(capacities: torch.Tensor, num_tokens: int) -> torch.Tensor:
