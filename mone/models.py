@@ -42,7 +42,7 @@ class MoNEBlock(Block):
         return a + (a.clamp(0.0, ALPHA_MAX) - a).detach()    # value in [0, 1), identity gradient
 
     def forward_nested(self, x: torch.Tensor, groups: Sequence[TokenGroup], batch_size: int,
-                       expert_prob: torch.Tensor) -> torch.Tensor:
+                       expert_prob: torch.Tensor, token_major: bool = True) -> torch.Tensor:
         """Eq. 1 on expert-sorted token rows: z = x + SA_j(LN(x)); x' = z + (alpha·r + 1)·FFN_j(LN(z)).
 
         x (R, D), R = N·B token-major (see `mone.nested`); expert_prob (R, 1) is r_ij, the router probability of each
@@ -53,20 +53,22 @@ class MoNEBlock(Block):
         # in place, saving a copy of the stream per branch.
         fresh = torch.Tensor.clone if torch.is_grad_enabled() else (lambda t: t)
         x = nested_attention(self.attn, fresh(x), self.norm1(x), groups, batch_size,
-                             _drop_path_rows(self.drop_path1, n, batch_size, x), self.ls1)
+                             _drop_path_rows(self.drop_path1, n, batch_size, x, token_major), self.ls1, token_major)
         ffn_scale = self.bounded_alpha() * expert_prob + 1.0                                   # (R, 1)
-        drop = _drop_path_rows(self.drop_path2, n, batch_size, x)
+        drop = _drop_path_rows(self.drop_path2, n, batch_size, x, token_major)
         return nested_mlp(self.mlp, fresh(x), self.norm2(x), groups,
                           ffn_scale if drop is None else ffn_scale * drop, self.ls2)
 
 
-def _drop_path_rows(drop_path: nn.Module, n: int, b: int, like: torch.Tensor) -> torch.Tensor | None:
+def _drop_path_rows(drop_path: nn.Module, n: int, b: int, like: torch.Tensor,
+                    token_major: bool) -> torch.Tensor | None:
     """Stochastic depth as a per-row scale (R, 1): one keep/drop draw per image, repeated over its N token rows."""
     p = getattr(drop_path, "drop_prob", 0.0)
     if not (drop_path.training and p > 0):
         return None
     keep = like.new_empty(b).bernoulli_(1 - p) / (1 - p)                                      # (B,)
-    return keep.repeat(n).unsqueeze(-1)                                                       # (R, 1), row = t·B + b
+    # row = t·B + b (token-major) or b·N + t (batch-major)
+    return (keep.repeat(n) if token_major else keep.repeat_interleave(n)).unsqueeze(-1)      # (R, 1)
 
 
 @dataclass
@@ -129,17 +131,21 @@ class MoNEVisionTransformer(VisionTransformer):
         k = tokens_per_expert(capacities, n)                                                # (E,)
         assignment = get_allocator(allocator)(router_probs.detach(), k, generator)         # (B, N)
         expert_prob = router_probs.gather(2, assignment.unsqueeze(-1))                     # (B, N, 1)
-        # Sort tokens by expert once: attention and the rest are permutation-equivariant (positions are already
-        # added) and average pooling is invariant, so every block can work on contiguous row blocks.
-        order = torch.sort(assignment, dim=1, stable=True).indices                         # (B, N)
-        x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, d))                              # (B, N, D)
-        expert_prob = expert_prob.gather(1, order.unsqueeze(-1))                            # (B, N, 1)
-        x = x.transpose(0, 1).reshape(n * b, d)                                             # (R, D) token-major
-        expert_prob = expert_prob.transpose(0, 1).reshape(n * b, 1)                         # (R, 1)
         groups = token_groups(k.tolist(), self.expert_dims, b)
+        token_major = len(groups) > 1
+        if token_major:
+            # Sort tokens by expert once: attention and the rest are permutation-equivariant (positions are already
+            # added) and average pooling is invariant, so every block can work on contiguous row blocks.
+            order = torch.sort(assignment, dim=1, stable=True).indices                     # (B, N)
+            x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, d))                          # (B, N, D)
+            expert_prob = expert_prob.gather(1, order.unsqueeze(-1))                        # (B, N, 1)
+            x = x.transpose(0, 1).reshape(n * b, d)                                         # (R, D) token-major
+            expert_prob = expert_prob.transpose(0, 1).reshape(n * b, 1)                     # (R, 1)
+        else:                                       # one expert for every token: batch-major rows, no sort
+            x, expert_prob = x.reshape(b * n, d), expert_prob.reshape(b * n, 1)
         for blk in self.blocks:
-            x = blk.forward_nested(x, groups, b, expert_prob)
-        x = self.norm(x.view(n, b, d).transpose(0, 1))                                      # (B, N, D)
+            x = blk.forward_nested(x, groups, b, expert_prob, token_major)
+        x = self.norm(x.view(n, b, d).transpose(0, 1) if token_major else x.view(b, n, d))  # (B, N, D)
         logits = self.forward_head(x)                                                       # (B, C)
         return MoNEOutput(logits, assignment, router_probs, achieved_capacity(k, n), k, capacities)
 
