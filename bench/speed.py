@@ -3,7 +3,7 @@
     python bench/speed.py [--model s_patch16_224] [--batch-sizes 1 64] [--repeats 7] [--threads 2]
 
 For each budget e_c it prints the median forward time of MoNE over the median of the dense ViT (same weights, same
-process, interleaved runs), the analytic MACs ratio, their quotient (target <= 1.15 at e_c = 0.5, batch 64), and the
+process, runs in alternation), the analytic MACs ratio, their quotient (target <= 1.15 at e_c = 0.5, batch 64), and the
 share of the forward spent on routing (router + capacity split + EPR + token sort), timed on its own.
 """
 from __future__ import annotations
@@ -25,17 +25,20 @@ import mone  # noqa: E402
 from mone.capacity import capacity_distribution, tokens_per_expert  # noqa: E402
 
 
-def median_time(fn, repeats: int, min_seconds: float = 3.0) -> float:
-    """Median of at least `repeats` runs, and of enough runs to span `min_seconds` (small batches are noisy)."""
+def paired_median_times(fns, repeats: int, min_seconds: float = 3.0) -> list[float]:
+    """Median time of each function, run in alternation (a, b, c, a, b, c, ...) so that slow drifts of the machine
+    (frequency, other load) hit all of them alike: at least `repeats` rounds, and enough to span `min_seconds`."""
     start = time.perf_counter()
-    fn()                                                   # warm-up (allocator, oneDNN primitive caches)
-    repeats = max(repeats, math.ceil(min_seconds / max(time.perf_counter() - start, 1e-6)))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    for fn in fns:                                         # warm-up (allocator, oneDNN primitive caches)
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    rounds = max(repeats, math.ceil(min_seconds / max(time.perf_counter() - start, 1e-6)))
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, bucket in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - t0)
+    return [statistics.median(bucket) for bucket in times]
 
 
 def routing_only(model, tokens: torch.Tensor, effective_capacity: float) -> None:
@@ -63,11 +66,8 @@ def main() -> None:
     model.load_vit_state_dict(dense.state_dict())
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
-    def timed(fn):
-        return median_time(lambda: (fn(), sync()), args.repeats)
-
     print(f"# {args.model} on {args.device} ({platform.processor() or platform.machine()}, {args.threads} threads), "
-          f"torch {torch.__version__}, medians of >= {args.repeats} runs spanning >= 3 s")
+          f"torch {torch.__version__}, medians of >= {args.repeats} alternating rounds spanning >= 3 s")
     print(f"{'batch':>5} {'e_c':>5} {'dense ms':>9} {'MoNE ms':>9} {'time ratio':>10} {'MACs ratio':>10} "
           f"{'time/MACs':>9} {'routing %':>9}")
     rows = []
@@ -77,9 +77,9 @@ def main() -> None:
                             device=args.device)
             tokens = model.norm_pre(model._pos_embed(model.patch_embed(x)))                   # (B, N, D)
             for e_c in args.capacities:
-                dense_t = timed(lambda: dense(x))
-                mone_t = timed(lambda: model(x, e_c))
-                route_t = timed(lambda: routing_only(model, tokens, e_c))
+                dense_t, mone_t, route_t = paired_median_times(
+                    [lambda: (dense(x), sync()), lambda: (model(x, e_c), sync()),
+                     lambda: (routing_only(model, tokens, e_c), sync())], args.repeats)
                 macs_ratio = mone.count_macs(model, e_c) / mone.dense_macs(model)
                 row = dict(batch=batch, effective_capacity=e_c, dense_ms=1e3 * dense_t, mone_ms=1e3 * mone_t,
                            time_ratio=mone_t / dense_t, macs_ratio=macs_ratio,
