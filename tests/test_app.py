@@ -3,6 +3,7 @@
 Everything runs on a tiny random MoNE (mone_vit_tiny_patch4_32) saved as a card in a temporary assets folder, with a
 fake but schema-correct curve file that exists only there ($MONE_ASSETS points the app at it).
 """
+import contextlib
 import json
 import os
 import re
@@ -75,19 +76,27 @@ def make_assets(directory):
     return directory
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    directory = make_assets(tmp_path_factory.mktemp("assets"))
+@contextlib.contextmanager
+def use_assets(directory):
+    """Point the app at `directory` ($MONE_ASSETS) for the duration, then restore the previous folder."""
+    from app import inference as inf
     old = os.environ.get("MONE_ASSETS")
     os.environ["MONE_ASSETS"] = str(directory)
-    from app import inference as inf
     inf.registry(reload=True)
-    yield directory
-    if old is None:
-        os.environ.pop("MONE_ASSETS", None)
-    else:
-        os.environ["MONE_ASSETS"] = old
-    inf.registry(reload=True)
+    try:
+        yield directory
+    finally:
+        if old is None:
+            os.environ.pop("MONE_ASSETS", None)
+        else:
+            os.environ["MONE_ASSETS"] = old
+        inf.registry(reload=True)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    with use_assets(make_assets(tmp_path_factory.mktemp("assets"))) as directory:
+        yield directory
 
 
 @pytest.fixture(scope="module")

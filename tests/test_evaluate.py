@@ -2,19 +2,9 @@
 import json
 
 import pytest
-import torch
 
 from mone.evaluate import GRID, evaluate, main
 from mone.train import parse_args, train
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run 20x faster on one thread than on two when the 2 cores are shared (OpenMP spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

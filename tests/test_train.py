@@ -17,15 +17,6 @@ TINY = ["--dataset", "synthetic", "--model", "mone_vit_tiny_patch4_32", "--devic
         "--eval-size", "32", "--workers", "0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run 20x faster on one thread than on two when the 2 cores are shared (OpenMP spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run(tmp: Path, *extra: str) -> dict:
     return train(parse_args([*TINY, "--out-dir", str(tmp), *extra]), "test")
 

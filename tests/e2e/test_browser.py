@@ -31,23 +31,15 @@ def _free_port():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     sys.path.insert(0, str(TESTS))
-    from test_app import write_card            # the same tiny random card + fake curve as the API tests
+    from test_app import use_assets, write_card   # the same tiny random card + fake curve as the API tests
     assets = tmp_path_factory.mktemp("e2e_assets")
     write_card(assets, "tiny")
-    old = os.environ.get("MONE_ASSETS")
-    os.environ["MONE_ASSETS"] = str(assets)
-    from app import app as app_module
-    from app import inference as inf
-    inf.registry(reload=True)
-    demo = app_module.build_demo()
-    _, url, _ = app_module.launch(demo, server_port=_free_port(), prevent_thread_lock=True, quiet=True)
-    yield url
-    demo.close()
-    if old is None:
-        os.environ.pop("MONE_ASSETS", None)
-    else:
-        os.environ["MONE_ASSETS"] = old
-    inf.registry(reload=True)
+    with use_assets(assets):
+        from app import app as app_module
+        demo = app_module.build_demo()
+        _, url, _ = app_module.launch(demo, server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+        yield url
+        demo.close()
 
 
 @pytest.fixture(scope="module")
