@@ -22,12 +22,11 @@ from typing import Sequence
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .allocators import get_allocator
 from .capacity import achieved_capacity, capacity_distribution, tokens_per_expert
-from .nested import TokenGroup, add_nested_linear_out, nested_linear_in, nested_mlp
+from .nested import RowLayout, token_groups
 
 __all__ = [
     "ImageReadError", "LoadedImage", "read_image", "MAX_IMAGE_PIXELS", "MAX_WORKING_SIDE", "to_model_input",
@@ -227,23 +226,12 @@ def forward_assignments(model, tokens: torch.Tensor, router_probs: torch.Tensor,
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)
     counts = torch.bincount(flat, minlength=model.num_experts).tolist()
-    groups, start = [], 0
-    for k, width in zip(counts, model.expert_dims):
-        if k:
-            groups.append(TokenGroup(start, start + k, int(width)))
-        start += k
+    groups = token_groups(counts, model.expert_dims, 1)                            # totals over the batch
     x = tokens.reshape(b * n, d)[order]                                            # (R, D) expert-sorted
     expert_prob = router_probs.gather(2, assignment.unsqueeze(-1)).reshape(b * n, 1)[order]
+    layout = RowLayout(token_major=False, to_batch_major=inverse, from_batch_major=order)
     for blk in model.blocks:
-        attn = blk.attn
-        qkv = nested_linear_in(blk.norm1(x), attn.qkv.weight, attn.qkv.bias, groups)   # (R, 3*attn_dim)
-        q, k, v = qkv[inverse].view(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = attn.q_norm(q), attn.k_norm(k)
-        o = F.scaled_dot_product_attention(q, k, v)                                # (B, h, N, hd)
-        o = attn.norm(o.transpose(1, 2).reshape(b * n, attn.attn_dim))[order]      # (R, attn_dim) sorted
-        x = add_nested_linear_out(x, lambda g: o[g.start:g.end], attn.proj, groups, attn.proj_drop, None, blk.ls1)
-        ffn_scale = blk.bounded_alpha() * expert_prob + 1.0
-        x = nested_mlp(blk.mlp, x, blk.norm2(x), groups, ffn_scale, blk.ls2)
+        x = blk.forward_nested(x, groups, b, expert_prob, layout)
     x = model.norm(x[inverse].view(b, n, d))
     return model.forward_head(x)
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from .allocators import get_allocator
 from .capacity import achieved_capacity, capacity_distribution, expert_dims, tokens_per_expert
-from .nested import TokenGroup, nested_attention, nested_mlp, token_groups
+from .nested import BATCH_MAJOR, TOKEN_MAJOR, RowLayout, TokenGroup, nested_attention, nested_mlp, token_groups
 
 __all__ = ["MoNEBlock", "MoNEVisionTransformer", "MoNEOutput", "TRAIN_CAPACITIES"]
 
@@ -42,7 +42,7 @@ class MoNEBlock(Block):
         return a + (a.clamp(0.0, ALPHA_MAX) - a).detach()    # value in [0, 1), identity gradient
 
     def forward_nested(self, x: torch.Tensor, groups: Sequence[TokenGroup], batch_size: int,
-                       expert_prob: torch.Tensor, token_major: bool = True) -> torch.Tensor:
+                       expert_prob: torch.Tensor, layout: RowLayout = TOKEN_MAJOR) -> torch.Tensor:
         """Eq. 1 on expert-sorted token rows: z = x + SA_j(LN(x)); x' = z + (alpha·r + 1)·FFN_j(LN(z)).
 
         x (R, D), R = N·B token-major (see `mone.nested`); expert_prob (R, 1) is r_ij, the router probability of each
@@ -53,22 +53,25 @@ class MoNEBlock(Block):
         # in place, saving a copy of the stream per branch.
         fresh = torch.Tensor.clone if torch.is_grad_enabled() else (lambda t: t)
         x = nested_attention(self.attn, fresh(x), self.norm1(x), groups, batch_size,
-                             _drop_path_rows(self.drop_path1, n, batch_size, x, token_major), self.ls1, token_major)
+                             _drop_path_rows(self.drop_path1, n, batch_size, x, layout), self.ls1, layout)
         ffn_scale = self.bounded_alpha() * expert_prob + 1.0                                   # (R, 1)
-        drop = _drop_path_rows(self.drop_path2, n, batch_size, x, token_major)
+        drop = _drop_path_rows(self.drop_path2, n, batch_size, x, layout)
         return nested_mlp(self.mlp, fresh(x), self.norm2(x), groups,
                           ffn_scale if drop is None else ffn_scale * drop, self.ls2)
 
 
 def _drop_path_rows(drop_path: nn.Module, n: int, b: int, like: torch.Tensor,
-                    token_major: bool) -> torch.Tensor | None:
+                    layout: RowLayout) -> torch.Tensor | None:
     """Stochastic depth as a per-row scale (R, 1): one keep/drop draw per image, repeated over its N token rows."""
     p = getattr(drop_path, "drop_prob", 0.0)
     if not (drop_path.training and p > 0):
         return None
     keep = like.new_empty(b).bernoulli_(1 - p) / (1 - p)                                      # (B,)
-    # row = t·B + b (token-major) or b·N + t (batch-major)
-    return (keep.repeat(n) if token_major else keep.repeat_interleave(n)).unsqueeze(-1)      # (R, 1)
+    # row = t·B + b (token-major) or b·N + t (batch-major, then in the layout's own row order)
+    if layout.token_major:
+        return keep.repeat(n).unsqueeze(-1)                                                   # (R, 1)
+    rows = keep.repeat_interleave(n)
+    return (rows if layout.from_batch_major is None else rows[layout.from_batch_major]).unsqueeze(-1)
 
 
 @dataclass
@@ -144,7 +147,7 @@ class MoNEVisionTransformer(VisionTransformer):
         else:                                       # one expert for every token: batch-major rows, no sort
             x, expert_prob = x.reshape(b * n, d), expert_prob.reshape(b * n, 1)
         for blk in self.blocks:
-            x = blk.forward_nested(x, groups, b, expert_prob, token_major)
+            x = blk.forward_nested(x, groups, b, expert_prob, TOKEN_MAJOR if token_major else BATCH_MAJOR)
         x = self.norm(x.view(n, b, d).transpose(0, 1) if token_major else x.view(b, n, d))  # (B, N, D)
         logits = self.forward_head(x)                                                       # (B, C)
         return MoNEOutput(logits, assignment, router_probs, achieved_capacity(k, n), k, capacities)

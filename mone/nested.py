@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from timm.layers import LayerScale
 from torch import nn
 
-__all__ = ["TokenGroup", "token_groups", "nested_linear_in", "add_nested_linear_out", "nested_attention",
+__all__ = ["TokenGroup", "RowLayout", "TOKEN_MAJOR", "BATCH_MAJOR", "token_groups", "nested_linear_in", "add_nested_linear_out", "nested_attention",
            "nested_mlp"]
 
 
@@ -29,6 +29,21 @@ class TokenGroup(NamedTuple):
     start: int
     end: int
     width: int
+
+
+class RowLayout(NamedTuple):
+    """How the R = N·B token rows map to (image, token), which attention needs.
+
+    token_major: row = t·B + b (the usual layout: every image has the same tokens per expert); otherwise batch-major,
+    row = b·N + t. `to_batch_major` / `from_batch_major` (index tensors (R,)) describe any other row order, e.g. rows
+    of images with different tokens per expert sorted by expert over the whole batch (`mone.inference`).
+    """
+    token_major: bool
+    to_batch_major: torch.Tensor | None = None
+    from_batch_major: torch.Tensor | None = None
+
+
+TOKEN_MAJOR, BATCH_MAJOR = RowLayout(True), RowLayout(False)
 
 
 def token_groups(tokens_per_expert: Sequence[int], expert_dims: Sequence[int], batch_size: int) -> list[TokenGroup]:
@@ -81,26 +96,30 @@ def add_nested_linear_out(residual: torch.Tensor, h_rows, linear: nn.Linear, gro
 
 def nested_attention(attn: nn.Module, residual: torch.Tensor, x: torch.Tensor, groups: Sequence[TokenGroup],
                      batch_size: int, row_scale: torch.Tensor | None = None, layer_scale: nn.Module | None = None,
-                     token_major: bool = True) -> torch.Tensor:
-    """residual + nested timm `Attention` of x; x (R, D) is layer-normed at full width, R = N·B rows.
+                     layout: RowLayout = TOKEN_MAJOR) -> torch.Tensor:
+    """residual + nested timm `Attention` of x; x (R, D) is layer-normed at full width, R = N·B rows in `layout`.
 
-    Rows are token-major (row = t·B + b) when experts are mixed. With a single group (every token on one expert, e.g.
-    e_c = 1) no sorting is needed and rows stay batch-major (row = b·N + t), which keeps attention's memory access
-    identical to the dense ViT's: token-major K/V rows are B·3·D floats apart, measured ~15 % slower in SDPA at B = 64.
+    Rows are token-major when experts are mixed. With a single group (every token on one expert, e.g. e_c = 1) no
+    sorting is needed and rows stay batch-major, which keeps attention's memory access identical to the dense ViT's:
+    token-major K/V rows are B·3·D floats apart, measured ~15 % slower in SDPA at B = 64.
     """
     r, _ = x.shape
     b = batch_size
     n = r // b
     h, hd = attn.num_heads, attn.head_dim
     qkv = nested_linear_in(x, attn.qkv.weight, attn.qkv.bias, groups)                         # (R, 3·D)
-    if token_major:
+    if layout.to_batch_major is not None:
+        qkv = qkv[layout.to_batch_major]                                                       # batch-major rows
+    if layout.token_major:
         q, k, v = qkv.view(n, b, 3, h, hd).permute(2, 1, 3, 0, 4).unbind(0)                    # (B, h, N, hd)
     else:
         q, k, v = qkv.view(b, n, 3, h, hd).permute(2, 0, 3, 1, 4).unbind(0)                    # (B, h, N, hd)
     q, k = attn.q_norm(q), attn.k_norm(k)
     o = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
-    o = o.permute(2, 0, 1, 3) if token_major else o.transpose(1, 2)                             # rows' order
+    o = o.permute(2, 0, 1, 3) if layout.token_major else o.transpose(1, 2)                      # rows' order
     o = attn.norm(o.reshape(r, attn.attn_dim))                                                 # (R, D)
+    if layout.from_batch_major is not None:
+        o = o[layout.from_batch_major]
     return add_nested_linear_out(residual, lambda g: o[g.start:g.end], attn.proj, groups, attn.proj_drop,
                                  row_scale, layer_scale)
 

@@ -169,13 +169,15 @@ def test_drop_path_drops_whole_images_in_either_row_layout(token_major):
     from timm.layers import DropPath
 
     from mone.models import _drop_path_rows
+    from mone.nested import BATCH_MAJOR, TOKEN_MAJOR
     n, b = 5, 4
     torch.manual_seed(0)
-    rows = _drop_path_rows(DropPath(0.5).train(), n, b, torch.zeros(1), token_major)      # (N·B, 1)
+    layout = TOKEN_MAJOR if token_major else BATCH_MAJOR
+    rows = _drop_path_rows(DropPath(0.5).train(), n, b, torch.zeros(1), layout)           # (N·B, 1)
     image_of_row = [r % b if token_major else r // n for r in range(n * b)]
     per_image = {}
     for r, img in enumerate(image_of_row):
         per_image.setdefault(img, set()).add(float(rows[r]))
     assert all(len(v) == 1 for v in per_image.values())                                  # one draw per image
     assert set().union(*per_image.values()) <= {0.0, 2.0}                                # kept rows scaled 1/(1-p)
-    assert _drop_path_rows(DropPath(0.5).eval(), n, b, torch.zeros(1), token_major) is None
+    assert _drop_path_rows(DropPath(0.5).eval(), n, b, torch.zeros(1), layout) is None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 from torch.utils.data import Dataset
 
 # Unknown data: use the ImageNet statistics.
