@@ -57,35 +57,32 @@ def _find(root: Path, name: str) -> Path:
     )
 
 
-def read_idx_images(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX3 image file (gzipped or not) into a uint8 array (N, rows, cols)."""
+def _read_idx(path: str | os.PathLike, magic_expected: int, kind: str, ndim: int) -> np.ndarray:
+    """An IDX file (gzipped or not) with `ndim` dimensions after the magic number, as a uint8 array."""
     path = Path(path)
     with _open(path) as f:
         data = f.read()
-    if len(data) < 16:
-        raise ValueError(f"{path}: too short for an IDX image header ({len(data)} bytes)")
-    magic, n, rows, cols = struct.unpack(">IIII", data[:16])
-    if magic != IMAGE_MAGIC:
-        raise ValueError(f"{path}: bad IDX image magic number 0x{magic:08x} (expected 0x{IMAGE_MAGIC:08x})")
-    expected = n * rows * cols
-    if len(data) - 16 != expected:
-        raise ValueError(f"{path}: header says {n}x{rows}x{cols} = {expected} bytes, file has {len(data) - 16}")
-    return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, rows, cols).copy()
+    header = 4 * (1 + ndim)
+    if len(data) < header:
+        raise ValueError(f"{path}: too short for an IDX {kind} header ({len(data)} bytes)")
+    magic, *dims = struct.unpack(">" + "I" * (1 + ndim), data[:header])
+    if magic != magic_expected:
+        raise ValueError(f"{path}: bad IDX {kind} magic number 0x{magic:08x} (expected 0x{magic_expected:08x})")
+    expected = int(np.prod(dims))
+    if len(data) - header != expected:
+        raise ValueError(f"{path}: header says {'x'.join(map(str, dims))} = {expected} bytes, "
+                         f"file has {len(data) - header}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
+
+
+def read_idx_images(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX3 image file (gzipped or not) into a uint8 array (N, rows, cols)."""
+    return _read_idx(path, IMAGE_MAGIC, "image", 3)
 
 
 def read_idx_labels(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX1 label file (gzipped or not) into a uint8 array (N,)."""
-    path = Path(path)
-    with _open(path) as f:
-        data = f.read()
-    if len(data) < 8:
-        raise ValueError(f"{path}: too short for an IDX label header ({len(data)} bytes)")
-    magic, n = struct.unpack(">II", data[:8])
-    if magic != LABEL_MAGIC:
-        raise ValueError(f"{path}: bad IDX label magic number 0x{magic:08x} (expected 0x{LABEL_MAGIC:08x})")
-    if len(data) - 8 != n:
-        raise ValueError(f"{path}: header says {n} labels, file has {len(data) - 8} bytes")
-    return np.frombuffer(data, dtype=np.uint8, offset=8).copy()
+    return _read_idx(path, LABEL_MAGIC, "label", 1)
 
 
 class FashionMNIST(Dataset):
