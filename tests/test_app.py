@@ -517,7 +517,7 @@ def test_launch_bounds_uploads(app_module, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------- the launched app
-def _free_port():
+def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -527,7 +527,7 @@ def _free_port():
 def client(app_module):
     from gradio_client import Client
     demo = app_module.build_demo()
-    _, url, _ = app_module.launch(demo, server_port=_free_port(), prevent_thread_lock=True, quiet=True,
+    _, url, _ = app_module.launch(demo, server_port=free_port(), prevent_thread_lock=True, quiet=True,
                                   max_file_size="1mb")
     yield Client(url, verbose=False)
     demo.close()

@@ -5,7 +5,6 @@ that the overlay image and the curve's current-budget point change; the video ex
 Screenshots go to $MONE_E2E_SHOTS (if set) or the test's tmp folder.
 """
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -22,22 +21,16 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason=f"{CHROMIUM} is absent (apt-get install -y chromium); CI installs it")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     sys.path.insert(0, str(TESTS))
-    from test_app import use_assets, write_card   # the same tiny random card + fake curve as the API tests
+    from test_app import free_port, use_assets, write_card   # the same tiny random card + fake curve as the API tests
     assets = tmp_path_factory.mktemp("e2e_assets")
     write_card(assets, "tiny")
     with use_assets(assets):
         from app import app as app_module
         demo = app_module.build_demo()
-        _, url, _ = app_module.launch(demo, server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+        _, url, _ = app_module.launch(demo, server_port=free_port(), prevent_thread_lock=True, quiet=True)
         yield url
         demo.close()
 
