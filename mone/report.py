@@ -15,10 +15,11 @@ ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
 BEGIN, END = "<!-- results:begin (python -m mone.report --write) -->", "<!-- results:end -->"
 
-# (MoNE curve, what it is) in the order the README shows them; a missing file is skipped.
-CURVES = [("mone_vit_fmnist", "Fashion-MNIST, equal epochs"),
-          ("mone_vit_scenes", "Scenes, equal epochs"),
-          ("mone_vit_scenes_isoflops", "Scenes, isoFLOPs (MoNE gets dense's training MACs)")]
+# (MoNE curve, what it is, dataset) in the order the README shows them; a missing file is skipped.
+CURVES = [("mone_vit_fmnist", "Fashion-MNIST, equal epochs", "fashion_mnist"),
+          ("mone_vit_fmnist_cpu_isoflops", "Fashion-MNIST, isoFLOPs, trained on this CPU", "fashion_mnist"),
+          ("mone_vit_scenes", "Scenes, equal epochs", "scenes"),
+          ("mone_vit_scenes_isoflops", "Scenes, isoFLOPs (MoNE gets dense's training MACs)", "scenes")]
 
 
 def _load(path: Path) -> dict | None:
@@ -37,7 +38,7 @@ def accuracy_table() -> list[str]:
     rows = ["| model (test split) | dense | MoNE e_c=0.3 | MoNE 0.5 | MoNE 1.0 | random router 0.2 / MoNE 0.2 | "
             "best MatViT with ≥ the MACs of MoNE 0.3 | MoNE 0.5 MACs / dense |",
             "|---|---|---|---|---|---|---|---|"]
-    for name, what in CURVES:
+    for name, what, _ in CURVES:
         curve = _load(ASSETS / "curves" / f"{name}.json")
         if curve is None:
             continue
@@ -67,6 +68,11 @@ def _top1(points: list[dict], method: str, e_c: float = 1.0) -> float | None:
     return p and p["top1"]
 
 
+def _object_precision(name: str, e_c: float) -> dict | None:
+    rows = (_load(ASSETS / "curves" / f"{name}.json") or {}).get("object_precision", [])
+    return next((o for o in rows if abs(o["effective_capacity"] - e_c) < 1e-9), None)
+
+
 def targets_table() -> list[str]:
     """The issue's targets, each with the measured value and whether it holds."""
     rows = ["| target | measured | holds |", "|---|---|---|"]
@@ -75,33 +81,31 @@ def targets_table() -> list[str]:
         if measured is not None:
             rows.append(f"| {target} | {fmt.format(measured)} | {'yes' if ok(measured) else 'no'} |")
 
-    f = _curve_points("mone_vit_fmnist")
-    if f:
-        dense = 100 * _top1(f, "dense")
-        add("Fashion-MNIST: dense ≥ 92.0 %", dense, lambda v: v >= 92.0)
-        add("Fashion-MNIST: MoNE e_c=0.5 ≥ dense − 0.5 pt (pt vs dense)", 100 * _top1(f, "mone", 0.5) - dense,
-            lambda v: v >= -0.5, "{:+.1f}")
-        add("Fashion-MNIST: MoNE e_c=0.3 ≥ dense − 1.5 pt (pt vs dense)", 100 * _top1(f, "mone", 0.3) - dense,
-            lambda v: v >= -1.5, "{:+.1f}")
-        m3 = _point(f, "mone", 0.3)
-        above = [p["top1"] for p in f if p["method"] == "matvit" and p["macs"] >= m3["macs"]]
-        add("Fashion-MNIST: MoNE e_c=0.3 above every MatViT point of ≥ its MACs (pt over the best)",
-            100 * (m3["top1"] - max(above)), lambda v: v > 0, "{:+.1f}")
-    for name, what in CURVES[1:]:
-        s = _curve_points(name)
-        if not s:
+    for name, what, dataset in CURVES:
+        pts = _curve_points(name)
+        if not pts:
             continue
-        dense = 100 * _top1(s, "dense")
+        dense = 100 * _top1(pts, "dense")
+        if dataset == "fashion_mnist":
+            add(f"{what}: dense ≥ 92.0 %", dense, lambda v: v >= 92.0)
+            add(f"{what}: MoNE e_c=0.5 ≥ dense − 0.5 pt (pt vs dense)", 100 * _top1(pts, "mone", 0.5) - dense,
+                lambda v: v >= -0.5, "{:+.1f}")
+            add(f"{what}: MoNE e_c=0.3 ≥ dense − 1.5 pt (pt vs dense)", 100 * _top1(pts, "mone", 0.3) - dense,
+                lambda v: v >= -1.5, "{:+.1f}")
+            m3 = _point(pts, "mone", 0.3)
+            above = [p["top1"] for p in pts if p["method"] == "matvit" and p["macs"] >= m3["macs"]]
+            add(f"{what}: MoNE e_c=0.3 above every MatViT point of ≥ its MACs (pt over the best)",
+                100 * (m3["top1"] - max(above)), lambda v: v > 0, "{:+.1f}")
+            continue
         add(f"{what}: dense ≥ 85 % on unseen backgrounds", dense, lambda v: v >= 85.0)
-        add(f"{what}: MoNE e_c=0.3 within 1 pt of dense (pt vs dense)", 100 * _top1(s, "mone", 0.3) - dense,
+        add(f"{what}: MoNE e_c=0.3 within 1 pt of dense (pt vs dense)", 100 * _top1(pts, "mone", 0.3) - dense,
             lambda v: v >= -1.0, "{:+.1f}")
-        op = next((o for o in (_load(ASSETS / "curves" / f"{name}.json") or {}).get("object_precision", [])
-                   if abs(o["effective_capacity"] - 0.3) < 1e-9), None)
+        op = _object_precision(name, 0.3)
         if op and op["mone"] is not None:
             add(f"{what}: object patches ≥ 3× over-represented in the largest expert at e_c=0.3",
                 op["mone"] / op["object_area_share"], lambda v: v >= 3.0, "{:.2f}×")
         add(f"{what}: learned router ≥ 3 pt above random at e_c=0.2 (pt)",
-            100 * (_top1(s, "mone", 0.2) - _top1(s, "random_router", 0.2)), lambda v: v >= 3.0, "{:+.1f}")
+            100 * (_top1(pts, "mone", 0.2) - _top1(pts, "random_router", 0.2)), lambda v: v >= 3.0, "{:+.1f}")
     return rows
 
 
@@ -109,19 +113,34 @@ def scenes_table() -> list[str]:
     rows = ["| Scenes model | unseen instances: dense | MoNE 0.3 | MoNE 0.5 | object share among largest-expert tokens "
             "at e_c 0.3 (MoNE / random / object area) | over-representation |",
             "|---|---|---|---|---|---|"]
-    for name, what in CURVES[1:]:
-        curve = _load(ASSETS / "curves" / f"{name}.json")
-        if curve is None:
+    for name, what, dataset in CURVES:
+        inst = _curve_points(name, "test_instances")
+        if dataset != "scenes" or not inst:
             continue
-        inst = curve.get("splits", {}).get("test_instances", {}).get("points", [])
         dense = next((p for p in inst if p["method"] == "dense"), None)
-        op = next((o for o in curve.get("object_precision", []) if abs(o["effective_capacity"] - 0.3) < 1e-9), None)
+        op = _object_precision(name, 0.3)
         share = (f"{_pct(op['mone'])} / {_pct(op['random_router'])} / {_pct(op['object_area_share'])}"
                  if op and op["mone"] is not None else "–")
         over = f"{op['mone'] / op['object_area_share']:.2f}×" if op and op["mone"] is not None else "–"
         m3, m5 = (_point(inst, "mone", e) for e in (0.3, 0.5))
         rows.append(f"| {what} | {_pct(dense and dense['top1'])} | {_pct(m3 and m3['top1'])} | "
                     f"{_pct(m5 and m5['top1'])} | {share} | {over} |")
+    return rows
+
+
+def router_ceiling_table() -> list[str]:
+    data = _load(ASSETS / "bench" / "router_ceiling.json")
+    if data is None:
+        return []
+    rows = [f"`{data['card']}` on {data['test_images']} `test` images (object share {_pct(data['object_area_share'])} % "
+            f"of patches); probes trained with the object masks as labels on {data['train_images']} `train` images "
+            f"(`{data['command']}`). Object over-representation among the largest expert's tokens:", "",
+            "| e_c | tokens on the largest expert | shipped router (task loss only) | linear probe on the router's "
+            "input | same after LayerNorm | 2-layer MLP probe | oracle (the mask) |",
+            "|---|---|---|---|---|---|---|"]
+    rows += [f"| {r['effective_capacity']:g} | {r['largest_expert_tokens_per_image']} | {r['router']:.2f}× | "
+             f"{r['linear']:.2f}× | {r['linear_ln']:.2f}× | {r['mlp']:.2f}× | {r['oracle']:.2f}× |"
+             for r in data["rows"]]
     return rows
 
 
@@ -163,6 +182,21 @@ def allocators_table() -> list[str]:
     return rows
 
 
+def trained_here_table() -> list[str]:
+    """Cards whose training ran on a CPU: the hours it took, measured by the training command itself."""
+    rows = ["| card | command | hardware | train hours | images seen |", "|---|---|---|---|---|"]
+    for path in sorted(ASSETS.glob("*.json")):
+        card = _load(path)
+        if "hardware" not in card or card["hardware"].get("gpu"):
+            continue
+        hw = card["hardware"]
+        threads = f", {hw['threads']} torch thread(s)" if "threads" in hw else ""
+        rows.append(f"| {path.name} | `{card['command']}` | {hw['cpu']}, {hw['cpu_cores']} cores{threads} | "
+                    f"{card['train_seconds'] / 3600:.2f} | "
+                    f"{card['data']['sizes']['images_seen']} |")
+    return rows if len(rows) > 2 else []
+
+
 def speed_table() -> list[str]:
     rows = []
     for path in sorted((ASSETS / "bench").glob("speed_*.json")):
@@ -196,11 +230,14 @@ def report() -> str:
     parts = [("### Targets of the training issue, checked against the curve files", targets_table()),
              ("### Accuracy against compute (from `assets/curves/*.json`)", accuracy_table()),
              ("### Scenes: unseen object instances and where the router sends the big expert", scenes_table()),
+             ("### Can a router at block 0 find the objects? (from `assets/bench/router_ceiling.json`)",
+              router_ceiling_table()),
              ("### Six routers in a V-MoE layer, Fashion-MNIST (from `assets/routers/vmoe_fmnist.json`)",
               routers_table()),
              ("### Allocators on the trained MoNE model (from `assets/routers/mone_allocators_*.json`)",
               allocators_table()),
              ("### Training cost on this machine (from `assets/bench/train_cpu.json`)", train_cost_table()),
+             ("### Trained on this machine (from the cards)", trained_here_table()),
              ("### Speed (from `assets/bench/speed_*.json`)", speed_table())]
     return "\n".join(f"{title}\n\n" + "\n".join(rows) + "\n" for title, rows in parts if rows).rstrip() + "\n"
 

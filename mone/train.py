@@ -303,7 +303,8 @@ def hardware(device: torch.device, world: int) -> dict:
     except OSError:
         pass
     return dict(cpu=cpu, cpu_cores=os.cpu_count(), gpu=torch.cuda.get_device_name(device) if device.type == "cuda"
-                else None, processes=world, torch=torch.__version__, timm=timm.__version__)
+                else None, processes=world, threads=torch.get_num_threads(), torch=torch.__version__,
+                timm=timm.__version__)
 
 
 def command_line(argv: Sequence[str]) -> str:
