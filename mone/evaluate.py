@@ -150,11 +150,12 @@ def headline(curves: dict) -> dict:
                 and (method == "matvit" or p["effective_capacity"] in HEADLINE_CAPACITIES)}
 
     points = curves["points"]
-    out = dict(split=curves["split"], images=curves["images"], curves=curves["file"],
-               top1=pick(curves, "mone"), random_router_top1=pick(curves, "random_router"),
-               matvit_top1=pick(curves, "matvit"),
-               gmacs={f"e_c={p['effective_capacity']:g}": round(p["macs"] / 1e9, 5) for p in points
-                      if p["method"] == "mone" and p["effective_capacity"] in HEADLINE_CAPACITIES})
+    out = dict(split=curves["split"], images=curves["images"], curves=curves["file"])
+    if any(p["method"] == "mone" for p in points):       # a dense card alone has only its one point
+        out.update(top1=pick(curves, "mone"), random_router_top1=pick(curves, "random_router"),
+                   matvit_top1=pick(curves, "matvit"),
+                   gmacs={f"e_c={p['effective_capacity']:g}": round(p["macs"] / 1e9, 5) for p in points
+                          if p["method"] == "mone" and p["effective_capacity"] in HEADLINE_CAPACITIES})
     dense = [p for p in points if p["method"] == "dense"]
     if dense:
         out.update(dense_top1=dense[0]["top1"], dense_gmacs=round(dense[0]["macs"] / 1e9, 5))
@@ -169,8 +170,10 @@ def headline(curves: dict) -> dict:
                                                                                  "object_area_share")}
                                    for c in HEADLINE_CAPACITIES if c in precision}
     for split, result in curves["splits"].items():
-        out[split] = dict(images=result["images"], top1=pick(result, "mone"),
-                          random_router_top1=pick(result, "random_router"))
+        out[split] = dict(images=result["images"])
+        if "top1" in out:
+            out[split].update(top1=pick(result, "mone"), random_router_top1=pick(result, "random_router"))
+        out[split].update({"dense_top1": p["top1"] for p in result["points"] if p["method"] == "dense"})
     return out
 
 
