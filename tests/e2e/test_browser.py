@@ -69,9 +69,21 @@ def _wait_changed(page, before, what):
     src0, x0 = before
     page.wait_for_function(f"""() => {{ const s = ({OVERLAY_SRC})(); const x = ({POINT_X})();
         return s && x !== null && s !== {src0!r} && x !== {x0!r}; }}""", timeout=60_000)
-    after = _state(page)
+    after = _settled(page)
     assert after[0] != src0 and after[1] != x0, what
     return after
+
+
+def _settled(page, quiet_s: float = 1.5, poll_s: float = 0.25):
+    """The state once no update has arrived for `quiet_s`: a drag or key repeat sends several events, and the first
+    change seen may be an intermediate value whose successors are still on their way (a loaded machine shows this)."""
+    state, quiet_since = _state(page), time.monotonic()
+    while time.monotonic() - quiet_since < quiet_s:
+        time.sleep(poll_s)
+        now = _state(page)
+        if now != state:
+            state, quiet_since = now, time.monotonic()
+    return state
 
 
 def test_image_example_and_slider_by_mouse_and_keyboard(page, shots):
