@@ -68,12 +68,14 @@ def resolve_card(card: str | None) -> tuple[Path, str]:
                   "(timing does not depend on weights)")
 
 
-def use_card(card_path: Path):
-    """Point the app at the card's folder and return (inference module, model name)."""
+def use_card(card_path: Path, how: str):
+    """Point the app at the card's folder, load its model, say which card; return (inference module, name, model)."""
     os.environ["MONE_ASSETS"] = str(card_path.parent)
     from app import inference as inf
     inf.registry(reload=True)
-    return inf, card_path.stem
+    model = inf.get_model(inf.get_entry(card_path.stem))
+    print(f"card   {card_path} ({how})")
+    return inf, card_path.stem, model
 
 
 def default_image() -> Path:
@@ -123,12 +125,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--api-calls", type=int, default=20, help="gradio_client round trips (0: skip)")
     args = ap.parse_args(argv)
 
-    card_path, how = resolve_card(args.card)
-    inf, name = use_card(card_path)
+    inf, name, model = use_card(*resolve_card(args.card))
     image = Path(args.image) if args.image else default_image()
     import torch
-    model = inf.get_model(inf.get_entry(name))
-    print(f"card   {card_path} ({how})")
     print(f"model  {model.card['model']}: {tuple(model.patch_embed.grid_size)} patches, {inf.DEVICE}, "
           f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
     print(f"image  {image}  allocator {args.allocator}  moves {args.moves}")

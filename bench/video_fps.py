@@ -38,11 +38,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--allocator", default="epr")
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.25, 0.5, 1.0])
     args = ap.parse_args(argv)
-    card_path, how = resolve_card(args.card)
-    inf, name = use_card(card_path)
+    inf, name, model = use_card(*resolve_card(args.card))
     video = Path(args.video) if args.video else default_video()
-    model = inf.get_model(inf.get_entry(name))
-    print(f"card   {card_path} ({how})")
     print(f"model  {model.card['model']}, {inf.DEVICE}; video {video.name}; cap {args.frames} frames")
     inf.analyze_video(str(video), name, args.allocator, 0.5, 0.5, 8)          # warm-up
     out = {}
