@@ -19,7 +19,8 @@ BEGIN, END = "<!-- results:begin (python -m mone.report --write) -->", "<!-- res
 CURVES = [("mone_vit_fmnist", "Fashion-MNIST, equal epochs", "fashion_mnist"),
           ("mone_vit_fmnist_cpu_isoflops", "Fashion-MNIST, isoFLOPs, trained on this CPU", "fashion_mnist"),
           ("mone_vit_scenes", "Scenes, equal epochs", "scenes"),
-          ("mone_vit_scenes_isoflops", "Scenes, isoFLOPs (MoNE gets dense's training MACs)", "scenes")]
+          ("mone_vit_scenes_isoflops", "Scenes, isoFLOPs (MoNE gets dense's training MACs)", "scenes"),
+          ("mone_vit_scenes_cpu_isoflops", "Scenes, isoFLOPs, trained on this CPU", "scenes")]
 
 
 def _load(path: Path) -> dict | None:
@@ -35,9 +36,9 @@ def _point(points: list[dict], method: str, e_c: float) -> dict | None:
 
 
 def accuracy_table() -> list[str]:
-    rows = ["| model (test split) | dense | MoNE e_c=0.3 | MoNE 0.5 | MoNE 1.0 | random router 0.2 / MoNE 0.2 | "
+    rows = ["| model (test split) | test images | dense | MoNE e_c=0.3 | MoNE 0.5 | MoNE 1.0 | random router 0.2 / MoNE 0.2 | "
             "best MatViT with ≥ the MACs of MoNE 0.3 | MoNE 0.5 MACs / dense |",
-            "|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|"]
     for name, what, _ in CURVES:
         curve = _load(ASSETS / "curves" / f"{name}.json")
         if curve is None:
@@ -50,7 +51,7 @@ def accuracy_table() -> list[str]:
         matvit = [p for p in pts if p["method"] == "matvit" and m3 and p["macs"] >= m3["macs"]]
         best_matvit = max(matvit, key=lambda p: p["top1"]) if matvit else None
         ratio = f"{m5['macs'] / dense['macs']:.2f}" if m5 and dense else "–"
-        rows.append(f"| {what} | {_pct(dense and dense['top1'])} | {_pct(m3 and m3['top1'])} | "
+        rows.append(f"| {what} | {curve['images']} | {_pct(dense and dense['top1'])} | {_pct(m3 and m3['top1'])} | "
                     f"{_pct(m5 and m5['top1'])} | {_pct(m10 and m10['top1'])} | "
                     f"{_pct(r2 and r2['top1'])} / {_pct(m2 and m2['top1'])} | "
                     f"{_pct(best_matvit and best_matvit['top1'])} (e_c {best_matvit['effective_capacity'] if best_matvit else '–'}) | "
@@ -110,11 +111,12 @@ def targets_table() -> list[str]:
 
 
 def scenes_table() -> list[str]:
-    rows = ["| Scenes model | unseen instances: dense | MoNE 0.3 | MoNE 0.5 | object share among largest-expert tokens "
+    rows = ["| Scenes model | test images | unseen instances: dense | MoNE 0.3 | MoNE 0.5 | object share among largest-expert tokens "
             "at e_c 0.3 (MoNE / random / object area) | over-representation |",
-            "|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|"]
     for name, what, dataset in CURVES:
-        inst = _curve_points(name, "test_instances")
+        split = (_load(ASSETS / "curves" / f"{name}.json") or {}).get("splits", {}).get("test_instances", {})
+        inst = split.get("points", [])
         if dataset != "scenes" or not inst:
             continue
         dense = next((p for p in inst if p["method"] == "dense"), None)
@@ -123,7 +125,7 @@ def scenes_table() -> list[str]:
                  if op and op["mone"] is not None else "–")
         over = f"{op['mone'] / op['object_area_share']:.2f}×" if op and op["mone"] is not None else "–"
         m3, m5 = (_point(inst, "mone", e) for e in (0.3, 0.5))
-        rows.append(f"| {what} | {_pct(dense and dense['top1'])} | {_pct(m3 and m3['top1'])} | "
+        rows.append(f"| {what} | {split['images']} | {_pct(dense and dense['top1'])} | {_pct(m3 and m3['top1'])} | "
                     f"{_pct(m5 and m5['top1'])} | {share} | {over} |")
     return rows
 
