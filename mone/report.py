@@ -71,7 +71,7 @@ def _split(name: str, split: str = "test") -> dict:
         return curve if curve.get("split") == split else curve.get("splits", {}).get(split, {})
 
     mine, twin = result(name), result(DENSE_TWINS[name]) if name in DENSE_TWINS else {}
-    if mine and twin.get("images") == mine["images"] and not any(p["method"] == "dense" for p in mine["points"]):
+    if mine and twin.get("images") == mine.get("images") and not any(p["method"] == "dense" for p in mine["points"]):
         mine = dict(mine, points=mine["points"] + [p for p in twin["points"] if p["method"] == "dense"])
     return mine
 
@@ -127,8 +127,8 @@ def targets_table() -> list[str]:
 
 
 def scenes_table() -> list[str]:
-    rows = ["| Scenes model | test images | unseen instances: dense | MoNE 0.3 | MoNE 0.5 | object share among largest-expert tokens "
-            "at e_c 0.3 (MoNE / random / object area) | over-representation |",
+    rows = ["| Scenes model | unseen-instance images | unseen instances: dense | MoNE 0.3 | MoNE 0.5 | object share among "
+            "largest-expert tokens at e_c 0.3 on `test` (MoNE / random / object area) | over-representation on `test` |",
             "|---|---|---|---|---|---|---|"]
     for name, what, dataset in CURVES:
         split = _split(name, "test_instances")

@@ -19,9 +19,11 @@ def test_report_reads_every_shipped_curve():
 
 
 def _write_curve(root: Path, name: str, images: int, points: list[dict]) -> None:
+    """A curve file with the same points on `test` and on a second split."""
     (root / "curves").mkdir(exist_ok=True)
+    other = dict(split="test_instances", images=images, points=points)
     (root / "curves" / f"{name}.json").write_text(
-        json.dumps(dict(split="test", images=images, points=points, splits={})))
+        json.dumps(dict(split="test", images=images, points=points, splits={"test_instances": other})))
 
 
 def test_dense_twin_fills_the_missing_dense_point_only_on_the_same_images(tmp_path, monkeypatch):
@@ -32,6 +34,7 @@ def test_dense_twin_fills_the_missing_dense_point_only_on_the_same_images(tmp_pa
     _write_curve(tmp_path, "m", 100, [mone_point])
     _write_curve(tmp_path, "d", 100, [dense_point])
     assert report._curve_points("m") == [mone_point, dense_point]
+    assert report._curve_points("m", "test_instances") == [mone_point, dense_point]
     _write_curve(tmp_path, "d", 50, [dense_point])        # other images: not comparable, left out
     assert report._curve_points("m") == [mone_point]
     own_dense = dict(dense_point, top1=0.75)              # the curve's own dense point wins
