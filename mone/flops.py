@@ -19,7 +19,9 @@ def _vit_shape(model: VisionTransformer) -> dict:
     blk = model.blocks[0]
     return dict(
         patches=pe.num_patches, prefix=model.num_prefix_tokens, dim=model.embed_dim, depth=len(model.blocks),
-        patch_macs=pe.proj.in_channels * pe.proj.kernel_size[0] * pe.proj.kernel_size[1] * pe.proj.out_channels,
+        # a patchify conv costs in·P·P·D per patch; a conv stem (`ConvStem`) says what it costs per image
+        embed_macs=pe.macs() if hasattr(pe, "macs") else
+        pe.num_patches * pe.proj.in_channels * pe.proj.kernel_size[0] * pe.proj.kernel_size[1] * pe.proj.out_channels,
         attn_dim=blk.attn.attn_dim, hidden=blk.mlp.fc1.out_features,
         head=model.head.in_features * model.head.out_features if hasattr(model.head, "in_features") else 0)
 
@@ -43,7 +45,7 @@ def count_macs(model: VisionTransformer, effective_capacity: float = 1.0, batch_
     else:
         projections, router = n * dim * per_width, 0
     attention = 2 * n * n * attn_dim                        # QK^T and AV over all tokens (§3.1)
-    per_image = s["patches"] * s["patch_macs"] + router + s["depth"] * (projections + attention) + s["head"]
+    per_image = s["embed_macs"] + router + s["depth"] * (projections + attention) + s["head"]
     return int(per_image * batch_size)
 
 
@@ -52,4 +54,4 @@ def dense_macs(model: VisionTransformer, batch_size: int = 1) -> int:
     s = _vit_shape(model)
     n = s["patches"] + s["prefix"]
     per_block = n * s["dim"] * (4 * s["attn_dim"] + 2 * s["hidden"]) + 2 * n * n * s["attn_dim"]
-    return int((s["patches"] * s["patch_macs"] + s["depth"] * per_block + s["head"]) * batch_size)
+    return int((s["embed_macs"] + s["depth"] * per_block + s["head"]) * batch_size)

@@ -6,6 +6,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import mone
+from mone.models import CONFIGS
 
 
 def counted_macs(model, *args, **kwargs) -> float:
@@ -14,12 +15,12 @@ def counted_macs(model, *args, **kwargs) -> float:
     return counter.get_total_flops() / 2      # FlopCounterMode reports 2 x multiply-adds
 
 
-@pytest.mark.parametrize("name", ["tiny_patch4_32", "mini_patch4_28"])
+@pytest.mark.parametrize("name", ["tiny_patch4_32", "mini_patch4_28", "mini_convstem4_28"])
 @pytest.mark.parametrize("e_c", [0.2, 0.5, 1.0])
 def test_count_macs_matches_flop_counter(name, e_c):
     model = timm.create_model(f"mone_vit_{name}", num_classes=10).eval()
     size = model.patch_embed.img_size
-    x = torch.randn(2, model.patch_embed.proj.in_channels, *size)
+    x = torch.randn(2, CONFIGS[name]["in_chans"], *size)
     analytic = mone.count_macs(model, e_c, batch_size=2)
     assert analytic == pytest.approx(counted_macs(model, x, effective_capacity=e_c), rel=0.01)
 
