@@ -18,6 +18,8 @@ BEGIN, END = "<!-- results:begin (python -m mone.report --write) -->", "<!-- res
 # (MoNE curve, what it is, dataset) in the order the README shows them; a missing file is skipped.
 CURVES = [("mone_vit_fmnist", "Fashion-MNIST, equal epochs", "fashion_mnist"),
           ("mone_vit_fmnist_cpu_isoflops", "Fashion-MNIST, isoFLOPs, trained on this CPU", "fashion_mnist"),
+          ("mone_vit_fmnist_convstem_cpu_isoflops", "Fashion-MNIST, conv stem, isoFLOPs, trained on this CPU",
+           "fashion_mnist"),
           ("mone_vit_scenes", "Scenes, equal epochs", "scenes"),
           ("mone_vit_scenes_isoflops", "Scenes, isoFLOPs (MoNE gets dense's training MACs)", "scenes"),
           ("mone_vit_scenes_cpu_isoflops", "Scenes, isoFLOPs, trained on this CPU", "scenes"),

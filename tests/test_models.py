@@ -181,3 +181,23 @@ def test_drop_path_drops_whole_images_in_either_row_layout(token_major):
     assert all(len(v) == 1 for v in per_image.values())                                  # one draw per image
     assert set().union(*per_image.values()) <= {0.0, 2.0}                                # kept rows scaled 1/(1-p)
     assert _drop_path_rows(DropPath(0.5).eval(), n, b, torch.zeros(1), layout) is None
+
+
+def test_conv_stem_keeps_the_patch_grid_and_full_budget_equivalence():
+    """ConvStem: log2(P) stride-2 stages, the PxP patchify's grid and token count; MoNE at e_c=1 is the dense model."""
+    from mone.models import ConvStem
+    torch.manual_seed(0)
+    dense = timm.create_model("dense_vit_mini_convstem4_28", num_classes=10).eval()
+    model = timm.create_model("mone_vit_mini_convstem4_28", num_classes=10).eval()
+    model.load_vit_state_dict(dense.state_dict())
+    stem = model.patch_embed
+    assert isinstance(stem, ConvStem) and stem.grid_size == (7, 7) and stem.num_patches == 49
+    assert [m.stride for m in stem.stem if isinstance(m, torch.nn.Conv2d)] == [(2, 2), (2, 2)]
+    # 1 -> 32 (14x14), 32 -> 64 (7x7), 1x1 64 -> 128: worked by hand
+    assert stem.macs() == 14 * 14 * 32 * 9 + 7 * 7 * 64 * 32 * 9 + 7 * 7 * 64 * 128
+    x = torch.randn(3, 1, 28, 28)
+    assert stem(x).shape == (3, 49, 128)
+    with torch.no_grad():
+        assert torch.allclose(model(x, effective_capacity=1.0), dense(x), atol=1e-5)
+    with pytest.raises(ValueError, match="power-of-two patch size"):
+        ConvStem(img_size=30, patch_size=3, in_chans=1, embed_dim=16)
