@@ -197,7 +197,7 @@ def plot(curves: dict, path: Path) -> None:
             ax.plot(p["macs"] / 1e9, 100 * p["top1"], marker="*", ms=16, ls="none", color="k", label="dense")
         ax.margins(0.08)                                              # room for the dense star at the edges
         ax.set(xlabel="GMACs (multiply-adds) per image", ylabel="top-1 accuracy (%)",
-               title=f"{curves['model']} — {result['split']} ({result['images']} images)")
+               title=f"{result['split']} ({result['images']} images)")
         ax.grid(alpha=0.3)
         ax.legend()
     if "object_precision" in curves:
@@ -210,6 +210,7 @@ def plot(curves: dict, path: Path) -> None:
                title=f"router object precision — {curves['split']}")
         ax.grid(alpha=0.3)
         ax.legend()
+    fig.suptitle(curves["model"])                                     # long names would overflow a panel title
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
