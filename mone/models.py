@@ -60,8 +60,9 @@ class ConvStem(PatchEmbed):
         """Multiply-adds of the stem and `proj` for one image."""
         total, (h, w) = 0, self.img_size
         for conv in [*(m for m in self.stem if isinstance(m, nn.Conv2d)), self.proj]:   # in the order they run
-            h, w = (h - 1) // conv.stride[0] + 1, (w - 1) // conv.stride[1] + 1   # padding 1 (3x3) or 0 (1x1)
-            total += h * w * conv.in_channels * conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+            (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+            h, w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1      # the conv's output size
+            total += h * w * conv.in_channels * conv.out_channels * kh * kw
         return total
 
 
