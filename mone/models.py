@@ -212,8 +212,13 @@ CONFIGS = {
                               embed_layer=ConvStem),
     # Scenes: 96 px, a 12x12 grid of 8 px patches; same shape as above, so the two datasets share one recipe
     "mini_patch8_96": dict(img_size=96, patch_size=8, embed_dim=128, depth=6, num_heads=4, in_chans=3),
+    # the same with a three-stage conv stem (widths 32, 64, 128) in place of the 8x8 patchify
+    "mini_convstem8_96": dict(img_size=96, patch_size=8, embed_dim=128, depth=6, num_heads=4, in_chans=3,
+                              embed_layer=ConvStem),
     # Scenes, larger (GPU): 160 px, a 20x20 grid of 8 px patches
     "small_patch8_160": dict(img_size=160, patch_size=8, embed_dim=256, depth=8, num_heads=4, in_chans=3),
+    "small_convstem8_160": dict(img_size=160, patch_size=8, embed_dim=256, depth=8, num_heads=4, in_chans=3,
+                                embed_layer=ConvStem),
     # the paper's ImageNet sizes (ViT-S/16, ViT-B/16), for FLOPs and speed comparisons
     "s_patch16_224": dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6, in_chans=3),
     "b_patch16_224": dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, in_chans=3),

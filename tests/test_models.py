@@ -199,5 +199,10 @@ def test_conv_stem_keeps_the_patch_grid_and_full_budget_equivalence():
     assert stem(x).shape == (3, 49, 128)
     with torch.no_grad():
         assert torch.allclose(model(x, effective_capacity=1.0), dense(x), atol=1e-5)
+    # the Scenes stem: three stages for 8 px patches, 3 -> 32 (48x48), 32 -> 64 (24x24), 64 -> 128 (12x12), 1x1 proj
+    stem8 = timm.create_model("dense_vit_mini_convstem8_96", num_classes=8).patch_embed
+    assert stem8.grid_size == (12, 12) and len([m for m in stem8.stem if isinstance(m, torch.nn.Conv2d)]) == 3
+    assert stem8.macs() == (48 * 48 * 32 * 3 * 9 + 24 * 24 * 64 * 32 * 9 + 12 * 12 * 128 * 64 * 9
+                            + 12 * 12 * 128 * 128)
     with pytest.raises(ValueError, match="power-of-two patch size"):
         ConvStem(img_size=30, patch_size=3, in_chans=1, embed_dim=16)
