@@ -24,9 +24,16 @@ __all__ = ["ConvStem", "MoNEBlock", "MoNEVisionTransformer", "MoNEOutput", "TRAI
 
 # The paper samples e_c uniformly from this grid at every training step, so one model serves every budget (§5).
 TRAIN_CAPACITIES = (0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95)
-# alpha is "a learnable scalar in [0, 1)"; how it is bounded is not stated. We clamp its value into [0, 1 - 1e-3] in
-# the forward pass but let the gradient through unchanged (straight-through), so alpha can always leave a bound and
-# starts learning at 0, its initial value. One alpha per block (the paper does not say; per block is the finer choice).
+# alpha is "a learnable scalar in [0, 1)", initialised to 0; how it is bounded is not stated. The router's only
+# gradient is alpha·dL/dr (Eq. 1), and in our conv-stem runs the loss pulled alpha down in every block from the first
+# steps: with a straight-through clamp alone alpha drifted to -0.2 and the router stayed at its initialisation for
+# good; projected onto [0, 1) it sat at exactly 0, the router frozen just the same (assets/logs/ab_*alpha*.jsonl).
+# So training projects alpha onto [ALPHA_MIN, ALPHA_MAX] after every optimiser step (`project_alphas`): a floor of
+# 0.01 keeps the block's FFN scale within 1 % of the plain block's, yet the router keeps learning at full speed,
+# because AdamW normalises its update by the gradient's own scale. The forward pass clamps the value into
+# [0, ALPHA_MAX] (older checkpoints hold negative alphas) with an identity gradient, so at a bound alpha still sees
+# which way the loss pulls (`clamp`'s own gradient there is 0). One alpha per block (per block is the finer choice).
+ALPHA_MIN = 0.01
 ALPHA_MAX = 1.0 - 1e-3
 
 
@@ -145,6 +152,12 @@ class MoNEVisionTransformer(VisionTransformer):
         self.router = nn.Linear(self.embed_dim, num_experts)
         trunc_normal_(self.router.weight, std=0.02)
         nn.init.zeros_(self.router.bias)
+
+    @torch.no_grad()
+    def project_alphas(self) -> None:
+        """Put every block's alpha back into [ALPHA_MIN, ALPHA_MAX] (after each optimiser step; see ALPHA_MIN)."""
+        for block in self.blocks:
+            block.alpha.clamp_(ALPHA_MIN, ALPHA_MAX)
 
     def _resolve_capacity(self, effective_capacity: float | None) -> float:
         if effective_capacity is not None:

@@ -526,6 +526,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
+            if is_mone:
+                model.project_alphas()
             step += 1
             loss_sum += loss.detach()
             steps_logged += 1
@@ -534,6 +536,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
             if step % cfg.log_every == 0 or step == epoch_end:
                 record = dict(step=step, epoch=epoch, loss=round(loss_sum.item() / steps_logged, 5), lr=lr, e_c=e_c,
                               img_per_s=round(steps_logged * cfg.batch_size / (time.time() - t_log), 1))
+                if is_mone:   # the router learns only through alpha·r (Eq. 1): at alpha <= 0 in every block it is frozen
+                    record["alpha"] = [round(block.alpha.item(), 4) for block in model.blocks]
                 log(record)
                 if bar:
                     bar.set_postfix(loss=record["loss"], lr=f"{lr:.2e}", e_c=e_c)

@@ -5,7 +5,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 import mone  # noqa: F401  registers the models
-from mone.models import TRAIN_CAPACITIES, MoNEVisionTransformer
+from mone.models import ALPHA_MAX, ALPHA_MIN, TRAIN_CAPACITIES, MoNEVisionTransformer
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +129,15 @@ def test_alpha_is_bounded_in_forward_but_keeps_its_gradient():
     with torch.no_grad():
         blk.alpha.fill_(5.0)
     assert 0.99 < float(blk.bounded_alpha().detach()) < 1.0
+
+
+def test_project_alphas_puts_every_alpha_back_in_range():
+    model = timm.create_model("mone_vit_tiny_patch4_32", num_classes=10, depth=4)
+    with torch.no_grad():
+        for blk, value in zip(model.blocks, (-0.3, 0.25, 5.0, 0.0), strict=True):
+            blk.alpha.fill_(value)
+    model.project_alphas()
+    assert [float(blk.alpha) for blk in model.blocks] == pytest.approx([ALPHA_MIN, 0.25, ALPHA_MAX, ALPHA_MIN])
 
 
 def test_training_samples_budget_per_step():

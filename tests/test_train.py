@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import mone
+from mone.models import ALPHA_MAX, ALPHA_MIN
 from mone.train import AUGMENT, augment, iso_flops_factor, main, parse_args, train
 
 TINY = ["--dataset", "synthetic", "--model", "mone_vit_tiny_patch4_32", "--device", "cpu", "--batch-size", "32",
@@ -28,9 +29,16 @@ def records(path: Path) -> list[dict]:
 def test_a_few_steps_lower_the_loss_and_the_export_loads_back(tmp_path):
     summary = run(tmp_path / "run", "--epochs", "3", "--train-size", "256", "--lr", "3e-3", "--warmup-epochs",
                   "0.25", "--drop-path", "0", "--log-every", "1", "--export", str(tmp_path / "assets" / "tiny"))
-    losses = [r["loss"] for r in records(tmp_path / "run" / "log.jsonl") if "loss" in r]
+    steps = [r for r in records(tmp_path / "run" / "log.jsonl") if "loss" in r]
+    losses = [r["loss"] for r in steps]
     assert len(losses) == 24
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.05
+    # each MoNE log line carries the blocks' alphas, on which the router's gradient depends (Eq. 1); training keeps
+    # them in [ALPHA_MIN, ALPHA_MAX] by projection, so the router always learns
+    alphas = [block.alpha.item() for block in summary["model"].blocks]
+    assert steps[-1]["alpha"] == [round(a, 4) for a in alphas]
+    assert all(ALPHA_MIN - 1e-7 <= a <= ALPHA_MAX + 1e-7 for a in alphas)
+    assert float(summary["model"].router.weight.grad.abs().sum()) > 0     # the last step moved the router
     card_path = tmp_path / "assets" / "tiny.json"
     card = json.loads(card_path.read_text())
     for key in ("model", "model_kwargs", "weights", "preprocess", "data", "config", "command", "commit", "started",
