@@ -17,6 +17,17 @@ expert's top-k_E per image on `test` images:
 
 Over-representation = object share among the largest expert's tokens / object share among all patches (pooled over
 the images, as in `mone.evaluate`). Everything runs in one process on the same images; seeds fixed.
+
+The >= 50 % rule counts a patch on the object's outline (a few object pixels) as background. To see whether a router
+sends outlines rather than interiors to the largest expert, the shipped router is also scored under other readings of
+"object patch", each as (share among the largest expert's tokens) / (share among all patches):
+
+    touching        patches with any object pixel
+    pixels          object pixels themselves (each token weighted by its object fraction)
+    outline         patches that are partly object (0 < fraction < 1): the object's edge
+    border          patches on the image's outer ring (not an object reading: a position bias shows here)
+
+and the rate at which each column of the patch grid goes to the largest expert (a padding artefact shows there).
 """
 from __future__ import annotations
 
@@ -79,6 +90,16 @@ def over_representation(score: torch.Tensor, is_object: torch.Tensor, k: int) ->
     return (is_object.gather(1, top).float().mean() / is_object.float().mean()).item()
 
 
+def readings(fraction: torch.Tensor) -> dict[str, torch.Tensor]:
+    """fraction (B, N) object fraction per patch -> per-patch weights (B, N) of each reading in the docstring."""
+    side = int(fraction.shape[1] ** 0.5)
+    ring = torch.ones(side, side, dtype=torch.bool)
+    ring[1:-1, 1:-1] = False
+    return {"touching": (fraction > 0).float(), "pixels": fraction,
+            "outline": ((fraction > 0) & (fraction < 1)).float(),
+            "border": ring.flatten().expand_as(fraction).float()}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--card", default="assets/mone_vit_scenes_isoflops.json")
@@ -130,10 +151,21 @@ def main(argv=None) -> None:
                    router=round((test["is_object"] & on_largest).sum().item() / on_largest.sum().item()
                                 / test["is_object"].float().mean().item(), 3))
         row.update({name: round(over_representation(s, test["is_object"], k), 3) for name, s in scores.items()})
+        row["router_by_reading"] = {name: round((value[on_largest].mean() / value.mean()).item(), 3)
+                                    for name, value in readings(test["fraction"]).items()}
+        side = int(on_largest.shape[1] ** 0.5)
+        row["largest_expert_rate_by_column"] = [round(v, 3) for v in
+                                                on_largest.view(-1, side, side).float().mean((0, 1)).tolist()]
         rows.append(row)
 
-    result = dict(card=Path(args.card).name, model=card["model"], object_patch_threshold=OBJECT_PATCH,
+    # Eq. 1 scales FFN_j by (alpha·r + 1) with alpha clamped to [0, 1): the router's only gradient is alpha·dL/dr, so
+    # a block with alpha <= 0 gave it none, and with alpha <= 0 in every block the router is still at its initialisation
+    alpha = [round(block.alpha.item(), 4) for block in model.blocks]
+    result = dict(card=args.card, model=card["model"], alpha=alpha,
+                  router_trained=any(a > 0 for a in alpha), object_patch_threshold=OBJECT_PATCH,
                   object_area_share=round(test["is_object"].float().mean().item(), 4),
+                  share_by_reading={name: round(value.mean().item(), 4)
+                                    for name, value in readings(test["fraction"]).items()},
                   train_images=args.train_images, test_images=args.test_images, probe_steps=args.steps,
                   seed=args.seed, seconds=round(time.perf_counter() - start, 1), rows=rows,
                   command="python bench/router_ceiling.py " + " ".join(argv if argv is not None else sys.argv[1:]))
@@ -143,7 +175,8 @@ def main(argv=None) -> None:
     print(f"{'e_c':>5} {'k_E':>4} " + " ".join(f"{c:>9}" for c in cols))
     for row in rows:
         print(f"{row['effective_capacity']:>5} {row['largest_expert_tokens_per_image']:>4} "
-              + " ".join(f"{row[c]:>9.2f}" for c in cols))
+              + " ".join(f"{row[c]:>9.2f}" for c in cols)
+              + "   router by reading: " + ", ".join(f"{k} {v:.2f}" for k, v in row["router_by_reading"].items()))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

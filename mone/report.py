@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from safetensors import safe_open
+
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
 BEGIN, END = "<!-- results:begin (python -m mone.report --write) -->", "<!-- results:end -->"
@@ -150,19 +152,31 @@ def scenes_table() -> list[str]:
 
 
 def router_ceiling_table() -> list[str]:
-    data = _load(ASSETS / "bench" / "router_ceiling.json")
-    if data is None:
-        return []
-    rows = [f"`{data['card']}` on {data['test_images']} `test` images (object share {_pct(data['object_area_share'])} % "
-            f"of patches); probes trained with the object masks as labels on {data['train_images']} `train` images "
-            f"(`{data['command']}`). Object over-representation among the largest expert's tokens:", "",
-            "| e_c | tokens on the largest expert | shipped router (task loss only) | linear probe on the router's "
-            "input | same after LayerNorm | 2-layer MLP probe | oracle (the mask) |",
-            "|---|---|---|---|---|---|---|"]
-    rows += [f"| {r['effective_capacity']:g} | {r['largest_expert_tokens_per_image']} | {r['router']:.2f}× | "
-             f"{r['linear']:.2f}× | {r['linear_ln']:.2f}× | {r['mlp']:.2f}× | {r['oracle']:.2f}× |"
-             for r in data["rows"]]
-    return rows
+    rows = []
+    for path in sorted((ASSETS / "bench").glob("router_ceiling*.json")):
+        data = _load(path)
+        share, readings = data["share_by_reading"], ("touching", "pixels", "outline", "border")
+        alive = (f"learning (alpha > 0 in {sum(a > 0 for a in data['alpha'])} of {len(data['alpha'])} blocks)"
+                 if data["router_trained"] else "**frozen**: alpha <= 0 in every block, so no gradient reaches it")
+        at_03 = next((r for r in data["rows"] if r["effective_capacity"] == 0.3), None)
+        rows += [f"`{data['card']}` on {data['test_images']} `test` images (object share {_pct(data['object_area_share'])} % "
+                 f"of patches); probes trained with the object masks as labels on {data['train_images']} `train` "
+                 f"images (`{data['command']}`). Block alphas {', '.join(f'{a:.2f}' for a in data['alpha'])}: "
+                 f"router {alive}. Object over-representation among the largest expert's tokens, and the model's "
+                 "router's over-representation of other kinds of patch (share of all patches in brackets):", "",
+                 "| e_c | tokens on the largest expert | the model's router (task loss only) | linear probe on the "
+                 "router's input | same after LayerNorm | 2-layer MLP probe | oracle (the mask) | "
+                 + " / ".join(f"{k} ({_pct(share[k])} %)" for k in readings) + " |",
+                 "|---|---|---|---|---|---|---|---|"]
+        rows += [f"| {r['effective_capacity']:g} | {r['largest_expert_tokens_per_image']} | {r['router']:.2f}× | "
+                 f"{r['linear']:.2f}× | {r['linear_ln']:.2f}× | {r['mlp']:.2f}× | {r['oracle']:.2f}× | "
+                 + " / ".join(f"{r['router_by_reading'][k]:.2f}×" for k in readings) + " |"
+                 for r in data["rows"]]
+        if at_03:
+            rows += ["", "Share of each patch-grid column (left to right) that goes to the largest expert at e_c = 0.3: "
+                     + ", ".join(f"{100 * v:.0f} %" for v in at_03["largest_expert_rate_by_column"]) + "."]
+        rows.append("")
+    return rows[:-1]
 
 
 def routers_table() -> list[str]:
@@ -218,6 +232,26 @@ def trained_here_table() -> list[str]:
     return rows if len(rows) > 2 else []
 
 
+def router_health_table() -> list[str]:
+    """Each shipped MoNE checkpoint's alphas and router weights. The router's only gradient is alpha·dL/dr (Eq. 1,
+    alpha clamped to [0, 1)), so with alpha <= 0 in every block no gradient reaches it and its weights stay near their
+    initial scale (rows drawn with std 0.02: norm about 0.02·sqrt(D))."""
+    rows = ["| card | alpha per block (first to last) | blocks with alpha > 0 | router row norm (at init) | router |",
+            "|---|---|---|---|---|"]
+    for path in sorted(ASSETS.glob("mone_*.json")):
+        card = _load(path)
+        with safe_open(ASSETS / card["weights"], framework="np") as f:
+            keys = sorted((k for k in f.keys() if k.endswith(".alpha")), key=lambda k: int(k.split(".")[1]))
+            alphas = [float(f.get_tensor(k)) for k in keys]
+            router = f.get_tensor("router.weight")                                              # (E, D)
+        norm, at_init = float((router ** 2).sum(1).mean() ** 0.5), 0.02 * router.shape[1] ** 0.5
+        alive = sum(a > 0 for a in alphas)
+        rows.append(f"| {path.name} | {', '.join(f'{a:.2f}' for a in alphas)} | {alive} of {len(alphas)} | "
+                    f"{norm:.2f} ({at_init:.2f}) | "
+                    + ("learning" if alive else "**frozen**: no gradient reaches it") + " |")
+    return rows if len(rows) > 2 else []
+
+
 def speed_table() -> list[str]:
     rows = []
     for path in sorted((ASSETS / "bench").glob("speed_*.json")):
@@ -251,7 +285,8 @@ def report() -> str:
     parts = [("### Targets of the training issue, checked against the curve files", targets_table()),
              ("### Accuracy against compute (from `assets/curves/*.json`)", accuracy_table()),
              ("### Scenes: unseen object instances and where the router sends the big expert", scenes_table()),
-             ("### Can a router at block 0 find the objects? (from `assets/bench/router_ceiling.json`)",
+             ("### Did each shipped router learn? (alphas read from the checkpoints)", router_health_table()),
+             ("### Can a router at block 0 find the objects? (from `assets/bench/router_ceiling*.json`)",
               router_ceiling_table()),
              ("### Six routers in a V-MoE layer, Fashion-MNIST (from `assets/routers/vmoe_fmnist.json`)",
               routers_table()),

@@ -41,3 +41,18 @@ def test_dense_twin_fills_the_missing_dense_point_only_on_the_same_images(tmp_pa
     _write_curve(tmp_path, "m", 100, [mone_point, own_dense])
     _write_curve(tmp_path, "d", 100, [dense_point])
     assert report._curve_points("m") == [mone_point, own_dense]
+
+
+def test_router_health_flags_a_router_no_gradient_reaches(tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import save_file
+    monkeypatch.setattr(report, "ASSETS", tmp_path)
+    router = torch.zeros(4, 64)
+    router[:, 0] = 0.5                                                   # row norm 0.5; at init 0.02·sqrt(64) = 0.16
+    for name, alphas in (("mone_a", [-0.2, -0.1]), ("mone_b", [-0.2, 0.3])):
+        save_file({"blocks.0.alpha": torch.tensor(alphas[0]), "blocks.1.alpha": torch.tensor(alphas[1]),
+                   "router.weight": router}, tmp_path / f"{name}.safetensors")
+        (tmp_path / f"{name}.json").write_text(json.dumps(dict(weights=f"{name}.safetensors")))
+    rows = report.router_health_table()
+    assert rows[2] == "| mone_a.json | -0.20, -0.10 | 0 of 2 | 0.50 (0.16) | **frozen**: no gradient reaches it |"
+    assert rows[3] == "| mone_b.json | -0.20, 0.30 | 1 of 2 | 0.50 (0.16) | learning |"
