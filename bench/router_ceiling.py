@@ -141,6 +141,7 @@ def main(argv=None) -> None:
 
     rows = []
     largest = model.num_experts - 1
+    by_reading = readings(test["fraction"])                                                 # name -> (B, N)
     for c in CAPACITIES:
         k = int(tokens_per_expert(capacity_distribution(c, model.num_experts), test["is_object"].shape[1])[largest])
         with torch.inference_mode():
@@ -152,7 +153,7 @@ def main(argv=None) -> None:
                                 / test["is_object"].float().mean().item(), 3))
         row.update({name: round(over_representation(s, test["is_object"], k), 3) for name, s in scores.items()})
         row["router_by_reading"] = {name: round((value[on_largest].mean() / value.mean()).item(), 3)
-                                    for name, value in readings(test["fraction"]).items()}
+                                    for name, value in by_reading.items()}
         side = int(on_largest.shape[1] ** 0.5)
         row["largest_expert_rate_by_column"] = [round(v, 3) for v in
                                                 on_largest.view(-1, side, side).float().mean((0, 1)).tolist()]
@@ -164,8 +165,7 @@ def main(argv=None) -> None:
     result = dict(card=args.card, model=card["model"], alpha=alpha,
                   router_trained=any(a > 0 for a in alpha), object_patch_threshold=OBJECT_PATCH,
                   object_area_share=round(test["is_object"].float().mean().item(), 4),
-                  share_by_reading={name: round(value.mean().item(), 4)
-                                    for name, value in readings(test["fraction"]).items()},
+                  share_by_reading={name: round(value.mean().item(), 4) for name, value in by_reading.items()},
                   train_images=args.train_images, test_images=args.test_images, probe_steps=args.steps,
                   seed=args.seed, seconds=round(time.perf_counter() - start, 1), rows=rows,
                   command="python bench/router_ceiling.py " + " ".join(argv if argv is not None else sys.argv[1:]))

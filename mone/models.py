@@ -30,9 +30,10 @@ TRAIN_CAPACITIES = (0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95)
 # good; projected onto [0, 1) it sat at exactly 0, the router frozen just the same (assets/logs/ab_*alpha*.jsonl).
 # So training projects alpha onto [ALPHA_MIN, ALPHA_MAX] after every optimiser step (`project_alphas`): a floor of
 # 0.01 keeps the block's FFN scale within 1 % of the plain block's, yet the router keeps learning, because AdamW
-# normalises its update by the gradient's own scale (in the Scenes conv-stem retrain its weights grew 0.23 -> 0.58). The forward pass clamps the value into
-# [0, ALPHA_MAX] (older checkpoints hold negative alphas) with an identity gradient, so at a bound alpha still sees
-# which way the loss pulls (`clamp`'s own gradient there is 0). One alpha per block (per block is the finer choice).
+# normalises its update by the gradient's own scale (in the Scenes conv-stem retrain its weights grew 0.23 -> 0.58).
+# The forward pass clamps the value into [0, ALPHA_MAX] (older checkpoints hold negative alphas) with an identity
+# gradient, so at a bound alpha still sees which way the loss pulls (`clamp`'s own gradient there is 0). One alpha per
+# block (per block is the finer choice).
 ALPHA_MIN = 0.01
 ALPHA_MAX = 1.0 - 1e-3
 

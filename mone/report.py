@@ -151,17 +151,23 @@ def scenes_table() -> list[str]:
     return rows
 
 
+def router_state(alphas: list[float]) -> str:
+    """The router's only gradient is alpha·dL/dr (Eq. 1, alpha clamped to [0, 1)): with alpha <= 0 in every block it
+    gets none."""
+    return "learning" if any(a > 0 for a in alphas) else "**frozen**: no gradient reaches it"
+
+
 def router_ceiling_table() -> list[str]:
     rows = []
     for path in sorted((ASSETS / "bench").glob("router_ceiling*.json")):
         data = _load(path)
         share, readings = data["share_by_reading"], ("touching", "pixels", "outline", "border")
-        alive = (f"learning (alpha > 0 in {sum(a > 0 for a in data['alpha'])} of {len(data['alpha'])} blocks)"
-                 if data["router_trained"] else "**frozen**: alpha <= 0 in every block, so no gradient reaches it")
+        alphas = data["alpha"]
+        alive = f"{router_state(alphas)} (alpha > 0 in {sum(a > 0 for a in alphas)} of {len(alphas)} blocks)"
         at_03 = next((r for r in data["rows"] if r["effective_capacity"] == 0.3), None)
         rows += [f"`{data['card']}` on {data['test_images']} `test` images (object share {_pct(data['object_area_share'])} % "
                  f"of patches); probes trained with the object masks as labels on {data['train_images']} `train` "
-                 f"images (`{data['command']}`). Block alphas {', '.join(f'{a:.2f}' for a in data['alpha'])}: "
+                 f"images (`{data['command']}`). Block alphas {', '.join(f'{a:.2f}' for a in alphas)}: "
                  f"router {alive}. Object over-representation among the largest expert's tokens, and the model's "
                  "router's over-representation of other kinds of patch (share of all patches in brackets):", "",
                  "| e_c | tokens on the largest expert | the model's router (task loss only) | linear probe on the "
@@ -233,9 +239,8 @@ def trained_here_table() -> list[str]:
 
 
 def router_health_table() -> list[str]:
-    """Each shipped MoNE checkpoint's alphas and router weights. The router's only gradient is alpha·dL/dr (Eq. 1,
-    alpha clamped to [0, 1)), so with alpha <= 0 in every block no gradient reaches it and its weights stay near their
-    initial scale (rows drawn with std 0.02: norm about 0.02·sqrt(D))."""
+    """Each shipped MoNE checkpoint's alphas and router weights (`router_state`): a frozen router's weights stay near
+    their initial scale (rows drawn with std 0.02: norm about 0.02·sqrt(D))."""
     rows = ["| card | alpha per block (first to last) | blocks with alpha > 0 | router row norm (at init) | router |",
             "|---|---|---|---|---|"]
     for path in sorted(ASSETS.glob("mone_*.json")):
@@ -245,10 +250,8 @@ def router_health_table() -> list[str]:
             alphas = [float(f.get_tensor(k)) for k in keys]
             router = f.get_tensor("router.weight")                                              # (E, D)
         norm, at_init = float((router ** 2).sum(1).mean() ** 0.5), 0.02 * router.shape[1] ** 0.5
-        alive = sum(a > 0 for a in alphas)
-        rows.append(f"| {path.name} | {', '.join(f'{a:.2f}' for a in alphas)} | {alive} of {len(alphas)} | "
-                    f"{norm:.2f} ({at_init:.2f}) | "
-                    + ("learning" if alive else "**frozen**: no gradient reaches it") + " |")
+        rows.append(f"| {path.name} | {', '.join(f'{a:.2f}' for a in alphas)} | {sum(a > 0 for a in alphas)} of "
+                    f"{len(alphas)} | {norm:.2f} ({at_init:.2f}) | {router_state(alphas)} |")
     return rows if len(rows) > 2 else []
 
 
