@@ -20,6 +20,7 @@ BEGIN, END = "<!-- results:begin (python -m mone.report --write) -->", "<!-- res
 # (MoNE curve, what it is, dataset) in the order the README shows them; a missing file is skipped.
 CURVES = [("mone_vit_fmnist", "Fashion-MNIST, equal epochs", "fashion_mnist"),
           ("mone_vit_fmnist_cpu_isoflops", "Fashion-MNIST, isoFLOPs, trained on this CPU", "fashion_mnist"),
+          ("mone_vit_fmnist_convstem_isoflops", "Fashion-MNIST, conv stem, isoFLOPs", "fashion_mnist"),
           ("mone_vit_fmnist_convstem_cpu_isoflops", "Fashion-MNIST, conv stem, isoFLOPs, trained on this CPU",
            "fashion_mnist"),
           ("mone_vit_scenes", "Scenes, equal epochs", "scenes"),
@@ -27,9 +28,6 @@ CURVES = [("mone_vit_fmnist", "Fashion-MNIST, equal epochs", "fashion_mnist"),
           ("mone_vit_scenes_cpu_isoflops", "Scenes, isoFLOPs, trained on this CPU", "scenes"),
           ("mone_vit_scenes_convstem_cpu_isoflops", "Scenes, conv stem, isoFLOPs, trained on this CPU", "scenes"),
           ("mone_vit_scenes_160", "Scenes 160 px, equal epochs", "scenes")]
-# Dense twins evaluated on their own (`mone.evaluate --card <dense card>`): their point stands in for the MoNE curve's
-# missing dense point when both scored the same split on the same number of images (the generator is deterministic).
-DENSE_TWINS = {"mone_vit_scenes_160": "dense_vit_scenes_160"}
 
 
 def _load(path: Path) -> dict | None:
@@ -69,16 +67,9 @@ def accuracy_table() -> list[str]:
 
 
 def _split(name: str, split: str = "test") -> dict:
-    """One split's result of a curve file ({"images", "points", …}; {} if missing), with its dense twin's point added
-    where the curve has none (see DENSE_TWINS)."""
-    def result(curve_name: str) -> dict:
-        curve = _load(ASSETS / "curves" / f"{curve_name}.json") or {}
-        return curve if curve.get("split") == split else curve.get("splits", {}).get(split, {})
-
-    mine, twin = result(name), result(DENSE_TWINS[name]) if name in DENSE_TWINS else {}
-    if mine and twin.get("images") == mine.get("images") and not any(p["method"] == "dense" for p in mine["points"]):
-        mine = dict(mine, points=mine["points"] + [p for p in twin["points"] if p["method"] == "dense"])
-    return mine
+    """One split's result of a curve file ({"images", "points", …}; {} if missing)."""
+    curve = _load(ASSETS / "curves" / f"{name}.json") or {}
+    return curve if curve.get("split") == split else curve.get("splits", {}).get(split, {})
 
 
 def _curve_points(name: str, split: str = "test") -> list[dict]:

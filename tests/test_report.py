@@ -26,23 +26,6 @@ def _write_curve(root: Path, name: str, images: int, points: list[dict]) -> None
         json.dumps(dict(split="test", images=images, points=points, splits={"test_instances": other})))
 
 
-def test_dense_twin_fills_the_missing_dense_point_only_on_the_same_images(tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "ASSETS", tmp_path)
-    monkeypatch.setattr(report, "DENSE_TWINS", {"m": "d"})
-    mone_point = dict(method="mone", effective_capacity=0.5, macs=10, top1=0.7)
-    dense_point = dict(method="dense", effective_capacity=1.0, macs=20, top1=0.8)
-    _write_curve(tmp_path, "m", 100, [mone_point])
-    _write_curve(tmp_path, "d", 100, [dense_point])
-    assert report._curve_points("m") == [mone_point, dense_point]
-    assert report._curve_points("m", "test_instances") == [mone_point, dense_point]
-    _write_curve(tmp_path, "d", 50, [dense_point])        # other images: not comparable, left out
-    assert report._curve_points("m") == [mone_point]
-    own_dense = dict(dense_point, top1=0.75)              # the curve's own dense point wins
-    _write_curve(tmp_path, "m", 100, [mone_point, own_dense])
-    _write_curve(tmp_path, "d", 100, [dense_point])
-    assert report._curve_points("m") == [mone_point, own_dense]
-
-
 def test_router_health_flags_a_router_no_gradient_reaches(tmp_path, monkeypatch):
     import torch
     from safetensors.torch import save_file
