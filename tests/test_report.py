@@ -18,14 +18,6 @@ def test_report_reads_every_shipped_curve():
             assert what in text
 
 
-def _write_curve(root: Path, name: str, images: int, points: list[dict]) -> None:
-    """A curve file with the same points on `test` and on a second split."""
-    (root / "curves").mkdir(exist_ok=True)
-    other = dict(split="test_instances", images=images, points=points)
-    (root / "curves" / f"{name}.json").write_text(
-        json.dumps(dict(split="test", images=images, points=points, splits={"test_instances": other})))
-
-
 def test_router_health_flags_a_router_no_gradient_reaches(tmp_path, monkeypatch):
     import torch
     from safetensors.torch import save_file
