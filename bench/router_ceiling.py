@@ -159,11 +159,9 @@ def main(argv=None) -> None:
                                                 on_largest.view(-1, side, side).float().mean((0, 1)).tolist()]
         rows.append(row)
 
-    # Eq. 1 scales FFN_j by (alpha·r + 1) with alpha clamped to [0, 1): the router's only gradient is alpha·dL/dr, so
-    # a block with alpha <= 0 gave it none, and with alpha <= 0 in every block the router is still at its initialisation
+    # the alphas say whether the router could learn at all (`mone.report.router_state` reads them)
     alpha = [round(block.alpha.item(), 4) for block in model.blocks]
-    result = dict(card=args.card, model=card["model"], alpha=alpha,
-                  router_trained=any(a > 0 for a in alpha), object_patch_threshold=OBJECT_PATCH,
+    result = dict(card=args.card, model=card["model"], alpha=alpha, object_patch_threshold=OBJECT_PATCH,
                   object_area_share=round(test["is_object"].float().mean().item(), 4),
                   share_by_reading={name: round(value.mean().item(), 4) for name, value in by_reading.items()},
                   train_images=args.train_images, test_images=args.test_images, probe_steps=args.steps,
