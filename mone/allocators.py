@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .capacity import validate_effective_capacity
-from .capacity import capacity_distribution, width_fractions
+from .capacity import capacity_distribution, validate_effective_capacity, width_fractions
 from .routers import ranking_scores, sinkhorn_plan, sparse_ot_plan
 from .routing import epr_allocate, random_allocate, validate_allocation_inputs
 
@@ -96,10 +95,11 @@ def sinkhorn_expert_choice_allocate(router_probs: Tensor, tokens_per_expert: Ten
     """Expert choice on the Sinkhorn plan (column marginals k_j): the largest expert takes its top-k_j tokens first.
 
     EPR's greedy order run on the plan instead of the probabilities: a token wanted by a larger expert but whose
-    column is crowded is weighed against the others through the per-expert potentials.
+    column is crowded is weighed against the others through the per-expert potentials. Plan entries that underflow
+    to exactly 0 (a very confident router) are ranked by router probability, as in the sparse allocator below.
     """
     k = validate_allocation_inputs(router_probs, tokens_per_expert)
-    return epr_allocate(sinkhorn_plan(_log_probs(router_probs), k), k)
+    return epr_allocate(ranking_scores(sinkhorn_plan(_log_probs(router_probs), k), router_probs.float()), k)
 
 
 def sparse_expert_choice_allocate(router_probs: Tensor, tokens_per_expert: Tensor,

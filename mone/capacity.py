@@ -13,6 +13,7 @@ finds it. (The closed form holds for any beta > 0; beta only matters for delta !
 from __future__ import annotations
 
 import functools
+import numbers
 import math
 
 import torch
@@ -45,6 +46,8 @@ def min_effective_capacity(num_experts: int = 4) -> float:
 def validate_effective_capacity(effective_capacity: float, num_experts: int = 4) -> float:
     """The budget as a float, or a ValueError that names the feasible range [1/2^(E-1), 1]."""
     try:
+        if isinstance(effective_capacity, bool):                     # float(True) == 1.0 would pass silently
+            raise TypeError
         e_c = float(effective_capacity)
     except (TypeError, ValueError):
         raise ValueError(f"effective_capacity must be a number, got {effective_capacity!r}") from None
@@ -109,8 +112,8 @@ def tokens_per_expert(capacities: torch.Tensor, num_tokens: int) -> torch.Tensor
     c = torch.as_tensor(capacities, dtype=torch.float64)
     if c.ndim != 1 or (c < -1e-9).any() or abs(float(c.sum()) - 1.0) > 1e-6:
         raise ValueError(f"capacities must be a 1-D non-negative vector summing to 1, got {c.tolist()}")
-    if num_tokens < 1:
-        raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
+    if isinstance(num_tokens, bool) or not isinstance(num_tokens, numbers.Integral) or num_tokens < 1:
+        raise ValueError(f"num_tokens must be an integer >= 1, got {num_tokens!r}")
     # The small epsilon keeps floor(0.5 * 64) from becoming 31 through float round-off.
     k = torch.floor(c.clamp_min(0) * num_tokens + 1e-9).to(torch.int64)
     k[0] += num_tokens - int(k.sum())

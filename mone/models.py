@@ -205,6 +205,13 @@ class MoNEVisionTransformer(VisionTransformer):
     def forward(self, x: torch.Tensor, effective_capacity: float | None = None, **kwargs) -> torch.Tensor:
         return self.forward_routing(x, effective_capacity, **kwargs).logits
 
+    def forward_features(self, x: torch.Tensor):
+        # timm's versions run the blocks' dense `forward`, which lacks Eq. 1's (alpha·r + 1) FFN scale: a silently
+        # different model once alpha > 0. Every MoNE forward goes through the router.
+        raise NotImplementedError("a MoNE model has no dense feature path: use forward_routing(x, effective_capacity)")
+
+    forward_intermediates = forward_features
+
     def load_vit_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load a plain timm ViT (class_token=False, global_pool='avg'); only router and alphas stay as they are."""
         result = self.load_state_dict(state_dict, strict=False)

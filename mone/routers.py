@@ -55,7 +55,9 @@ def _add_noise(logits: Tensor, noise: bool, generator: torch.Generator | None) -
     """Training noise N(0, (1/E)^2) on the logits (V-MoE); drawn as randn(logits.shape, generator) / E."""
     if not noise:
         return logits
-    eps = torch.randn(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    # drawn on the generator's device (a CPU generator cannot fill a CUDA tensor), then moved to the logits
+    device = generator.device if generator is not None else logits.device
+    eps = torch.randn(logits.shape, generator=generator, device=device, dtype=logits.dtype).to(logits.device)
     return logits + eps / logits.shape[-1]
 
 

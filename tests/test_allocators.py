@@ -122,3 +122,14 @@ def test_split_rejects_bad_arguments():
     for method in SPLIT_METHODS:
         with pytest.raises(ValueError):
             capacity_split(0.1, 4, method)                            # below 1/8: infeasible
+
+
+def test_sinkhorn_expert_choice_ranks_underflowed_plan_entries_by_router_probability(monkeypatch):
+    # A very confident router makes Sinkhorn plan entries underflow to exact 0 (fp32 exp). Among such ties the
+    # larger expert must take the token the router prefers (token 2 here), not the lowest token index.
+    import mone.allocators as allocators
+    plan = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]])    # expert 1's column underflowed
+    monkeypatch.setattr(allocators, "sinkhorn_plan", lambda log_probs, k: plan)
+    probs = torch.tensor([[[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.7, 0.3]]])
+    a = ALLOCATORS["sinkhorn_expert_choice"](probs, torch.tensor([3, 1]))
+    assert a.tolist() == [[0, 0, 1, 0]]

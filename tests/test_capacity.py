@@ -45,7 +45,7 @@ def test_capacity_endpoints():
     assert capacity_distribution(0.125).tolist() == [1, 0, 0, 0]
 
 
-@pytest.mark.parametrize("bad", [0.1, 1.01, -1, float("nan"), float("inf"), "abc", None])
+@pytest.mark.parametrize("bad", [0.1, 1.01, -1, float("nan"), float("inf"), "abc", None, True])
 def test_capacity_rejects_bad_budgets(bad):
     with pytest.raises(ValueError, match="effective_capacity"):
         capacity_distribution(bad)
@@ -77,6 +77,9 @@ def test_tokens_per_expert_hand_worked():
 def test_tokens_per_expert_validates():
     with pytest.raises(ValueError, match="summing to 1"):
         tokens_per_expert(torch.tensor([0.5, 0.6, 0.0, 0.0]), 10)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="num_tokens must be an integer >= 1"):
+            tokens_per_expert(torch.full((4,), 0.25), bad)
 
 
 def test_expert_dims():

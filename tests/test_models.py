@@ -158,6 +158,14 @@ def test_matvit_submodel_via_one_hot_capacities(pair):
     assert out.effective_capacity == pytest.approx(0.25)
 
 
+def test_dense_feature_paths_are_refused(pair):
+    # timm's forward_features would run the blocks without Eq. 1's (alpha·r + 1) scale: a different model
+    model, _ = pair
+    for path in (model.forward_features, model.forward_intermediates):
+        with pytest.raises(NotImplementedError, match="forward_routing"):
+            path(torch.randn(1, 3, 32, 32))
+
+
 def test_bad_budget_message(pair):
     model, _ = pair
     with pytest.raises(ValueError, match="outside the feasible range"):

@@ -115,6 +115,13 @@ def test_load_loss_matches_formula_with_replayed_noise():
     assert float(r.metrics["load_loss"]) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_noise_with_a_cpu_generator_on_cuda_logits():
+    g = torch.Generator().manual_seed(0)
+    r = softmax_token_choice(torch.zeros(2, 16, 4, device="cuda"), 1.0, noise=True, generator=g)
+    assert r.dispatch.device.type == "cuda"
+
+
 def test_training_noise_has_std_one_over_e():
     # K = E = 2 and room for everyone: combine holds both noisy gates, whose log ratio is n_0 - n_1 ~ N(0, 2/E^2).
     logits = torch.zeros(250, 16, 2)
