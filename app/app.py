@@ -185,7 +185,7 @@ def build_demo() -> gr.Blocks:
               show_progress="hidden", **common)
         model_dd.change(on_model_info, model_dd, model_md, api_visibility="private", queue=False)
         overlay.select(on_select, [img_in, model_dd, alloc_dd, budget], [patch_lbl, patch_md], preprocess=False,
-                       api_visibility="private", show_progress="hidden")
+                       api_visibility="private", show_progress="hidden", concurrency_id="model", concurrency_limit=1)
         compare_btn.click(on_compare, [img_in, model_dd, budget, opacity], gallery, preprocess=False,
                           api_visibility="private", concurrency_id="model", concurrency_limit=1)
 

@@ -16,6 +16,8 @@ one batched nested forward (`mone.inference.forward_assignments`). A move then l
 from __future__ import annotations
 
 import atexit
+import functools
+import inspect
 import json
 import math
 import os
@@ -24,6 +26,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -46,6 +49,7 @@ BUDGET_MIN, BUDGET_MAX, BUDGET_STEP = 0.15, 1.0, 0.05
 VIEW_EXPERTS, VIEW_IMPORTANCE = "expert assignment", "router importance"
 VIEWS = (VIEW_EXPERTS, VIEW_IMPORTANCE)
 DISPLAY_SIDE = 640           # long side of the overlay image (the original is mapped onto it, aspect kept)
+DISPLAY_MIN_SIDE = 96        # short side at least: >= 4 px per cell of a 20x20 grid, so every patch row can be seen
 WORKING_SIDE = 512           # long side kept per upload for the model input (models see <= 224 px)
 VIDEO_SIDE = 640             # long side of the output video frames (the legend fits on one row)
 MAX_VIDEO_FRAMES = 96        # hard ceiling for the frame cap an API caller may ask for
@@ -173,6 +177,8 @@ def get_model(entry: ModelEntry) -> torch.nn.Module:
 # ------------------------------------------------------------------------------------------------ input checking
 def parse_budget(value: Any) -> float:
     try:
+        if isinstance(value, bool):                          # float(True) == 1.0 would pass silently
+            raise TypeError
         e_c = float(value)
     except (TypeError, ValueError):
         raise gr.Error(f"Budget must be a number between {BUDGET_MIN} and {BUDGET_MAX}, got {value!r}.") from None
@@ -286,7 +292,11 @@ def load_image_record(path: Path) -> ImageRecord:
         loaded = read_image(path)
     except ImageReadError as err:
         raise gr.Error(str(err)) from None
-    display = vis.fit_long_side(loaded.rgb, DISPLAY_SIDE, min_side=8)
+    display = vis.fit_long_side(loaded.rgb, DISPLAY_SIDE, min_side=DISPLAY_MIN_SIDE)
+    h, w = loaded.rgb.shape[:2]
+    if min(h, w) * DISPLAY_SIDE < DISPLAY_MIN_SIDE * max(h, w):
+        loaded.notes.append(f"very elongated image ({loaded.original_size[0]}x{loaded.original_size[1]}): the overlay "
+                            f"is stretched to {DISPLAY_MIN_SIDE} px on its short side so every patch row is visible")
     working = loaded.rgb if max(loaded.rgb.shape[:2]) <= WORKING_SIDE else \
         vis.fit_long_side(loaded.rgb, WORKING_SIDE, min_side=8)
     record = ImageRecord(display, loaded.original_size, loaded.notes, working=working)
@@ -360,14 +370,16 @@ class LatencyMeter:
     """Measured batch-1 forward latency per (model, allocator, budget); cost does not depend on image content.
 
     `get(..., wait=True)` measures what is missing right away (uploads, API calls). `wait=False` (slider moves, which
-    must only render) returns what is known and queues the rest for a background thread that runs only once the app
-    has been idle for `idle_s`, so measuring never competes with a move.
+    must only render) returns what is known and queues the rest for a background thread that runs only once no
+    request that runs a model is in progress (`busy`, see `uses_model`) and the app has been idle for `idle_s`, so
+    measuring never competes with a move, a video job or a comparison (a timing taken under load is kept for good).
     """
 
     def __init__(self, idle_s: float = 0.4) -> None:
         self.table: dict[tuple[str, str, float], float] = {}
         self.idle_s = idle_s
         self.last_activity = time.monotonic()
+        self._busy = 0                                  # requests running a model right now
         self._pending: "OrderedDict[tuple, tuple]" = OrderedDict()
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -386,6 +398,22 @@ class LatencyMeter:
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
+
+    @contextmanager
+    def busy(self):
+        """Marks a request that runs a model: no background timing starts until it (and `idle_s` after it) is over."""
+        with self._cv:
+            self._busy += 1
+        self.touch()
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._busy -= 1
+            self.touch()
+
+    def idle(self) -> bool:
+        return self._busy == 0 and time.monotonic() - self.last_activity >= self.idle_s
 
     def _measure(self, key, model, x) -> float:
         name, allocator, e_c = key
@@ -429,7 +457,7 @@ class LatencyMeter:
             with self._cv:
                 while not self._pending and not self._stopping:
                     self._cv.wait()
-            while time.monotonic() - self.last_activity < self.idle_s and not self._stopping:
+            while not self.idle() and not self._stopping:
                 time.sleep(0.05)
             with self._cv:
                 if not self._pending or self._stopping:
@@ -448,6 +476,22 @@ class LatencyMeter:
 
 
 latency = LatencyMeter()
+
+
+def uses_model(fn):
+    """Run `fn` (a function or a generator function) inside `latency.busy()`."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def generator(*args, **kwargs):
+            with latency.busy():
+                yield from fn(*args, **kwargs)
+        return generator
+
+    @functools.wraps(fn)
+    def function(*args, **kwargs):
+        with latency.busy():
+            return fn(*args, **kwargs)
+    return function
 
 
 @lru_cache(maxsize=4096)
@@ -639,6 +683,7 @@ def _prepare(image, model_name, allocator):
 
 
 @gpu
+@uses_model
 def analyze_image(image: Any, model_name: Any, allocator: Any = "epr", budget: Any = 0.5, opacity: Any = 0.5,
                   view: Any = VIEW_EXPERTS, measure: bool = True, precompute: bool = False) -> ImageResult:
     """Route one image at budget e_c: overlay PNG, top-5, readouts, curve point.
@@ -647,7 +692,6 @@ def analyze_image(image: Any, model_name: Any, allocator: Any = "epr", budget: A
     moves only render; the default (API) computes just the requested budget unless the grid exists.
     measure=False (slider moves) never runs a timing forward inside the request."""
     t0 = time.perf_counter()
-    latency.touch()
     e_c, opacity, view_name = parse_budget(budget), parse_opacity(opacity), parse_view(view)
     entry, allocator, record, model, mview = _prepare(image, model_name, allocator)
     if record is None:
@@ -664,7 +708,6 @@ def analyze_image(image: Any, model_name: Any, allocator: Any = "epr", budget: A
     labels = vis.expert_labels(model.num_experts, model.embed_dim)
     gh, gw = grid_shape(model)
     server_ms = (time.perf_counter() - t0) * 1e3
-    latency.touch()
     notes = list(record.notes)
     pre = model.preprocess
     if int(pre.get("in_chans", 3)) == 1:
@@ -694,6 +737,7 @@ def analyze_image(image: Any, model_name: Any, allocator: Any = "epr", budget: A
     return ImageResult(overlay, top5(entry, probs), readout, curve, budget_md, details)
 
 
+@uses_model
 def patch_info(image: Any, model_name: Any, allocator: Any, budget: Any, x: Any, y: Any,
                display_size: tuple[int, int] | None = None) -> tuple[dict[str, float] | None, str]:
     """Router probabilities over the experts of the patch under pixel (x, y) of the overlay image."""
@@ -722,6 +766,7 @@ def patch_info(image: Any, model_name: Any, allocator: Any, budget: Any, x: Any,
 
 
 @gpu
+@uses_model
 def compare_allocators(image: Any, model_name: Any, budget: Any = 0.5, opacity: Any = 0.5) -> list[tuple[str, str]]:
     """The same image at the same budget under every registered allocator (one batched forward)."""
     e_c, opacity = parse_budget(budget), parse_opacity(opacity)
@@ -772,6 +817,7 @@ def parse_max_frames(value: Any) -> int:
     return int(n)
 
 
+@uses_model
 def iter_analyze_video(video: Any, model_name: Any, allocator: Any = "epr", budget: Any = 0.5, opacity: Any = 0.5,
                        max_frames: Any = MAX_FRAMES) -> Iterator[tuple[str, Any]]:
     """Yields ("progress", (done, total, text)) between batches and finally ("result", VideoResult), so that a
@@ -806,13 +852,18 @@ def iter_analyze_video(video: Any, model_name: Any, allocator: Any = "epr", budg
     assignment, prob = np.concatenate(assignments), np.concatenate(probs)
     gh, gw = grid_shape(model)
     frames_out = []
+    titles = [f"t={t:.1f}s" for t in sampled.times]
+    title_width = max(vis.text_width(t) for t in titles)        # one legend layout (and height) for every frame
     for i, frame in enumerate(sampled.frames):
         small = vis.fit_long_side(frame, VIDEO_SIDE, even=True)
         frames_out.append(vis.render_experts(small, assignment[i].reshape(gh, gw), model.num_experts, opacity,
-                                             model.embed_dim, tokens, title=f"t={sampled.times[i]:.1f}s"))
+                                             model.embed_dim, tokens, title=titles[i], title_width=title_width))
     fps = float(np.clip(n / max(sampled.info.duration, 1e-3), 1.0, 30.0))
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    out_path = encode_h264(frames_out, OUT_DIR / f"video-{uuid.uuid4().hex[:12]}.mp4", fps)
+    try:
+        out_path = encode_h264(frames_out, OUT_DIR / f"video-{uuid.uuid4().hex[:12]}.mp4", fps)
+    except ValueError as err:                 # frames of different sizes, nothing to encode: say so, keep serving
+        raise gr.Error(f"Could not encode the overlay video: {err}") from None
     total_s = time.perf_counter() - t0
     classes = entry.classes or [f"class {i}" for i in range(prob.shape[1])]
     top = prob.argmax(1)

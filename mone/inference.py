@@ -62,8 +62,28 @@ class LoadedImage:
     notes: list[str] = field(default_factory=list)
 
 
-def _to_rgb(img: Image.Image, notes: list[str]) -> np.ndarray:
-    """Any Pillow mode -> RGB uint8, with the value ranges kept (16-bit scaled, alpha composited over white)."""
+def _reduce_in_pillow(img: Image.Image, max_side: int) -> Image.Image:
+    """Box-shrink by an integer factor in the file's own mode, before any conversion to float (a 62 MP RGBA or 16-bit
+    image would otherwise take 2-4 GB). Alpha is averaged premultiplied, so the composite over white stays exact;
+    16-bit grey goes through 32-bit "I", which Pillow can reduce (the caller keeps the 16-bit scaling)."""
+    factor = -(-max(img.size) // max_side)                          # ceil: the result is at most max_side
+    if factor < 2:
+        return img
+    if img.mode == "P":                                              # palette indices cannot be averaged
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode == "1":
+        img = img.convert("L")
+    if img.mode in ("RGBA", "LA", "PA"):
+        img = img.convert("RGBA").convert("RGBa")
+    elif img.mode.startswith("I;16"):
+        img = img.convert("I")
+    return img.reduce(factor)
+
+
+def _to_rgb(img: Image.Image, notes: list[str], source_mode: str | None = None) -> np.ndarray:
+    """Any Pillow mode -> RGB uint8, with the value ranges kept (16-bit scaled, alpha composited over white).
+
+    `source_mode`: the file's mode when `img` was already converted (a 16-bit file reduced as 32-bit "I")."""
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         a = np.asarray(img)
@@ -76,7 +96,7 @@ def _to_rgb(img: Image.Image, notes: list[str]) -> np.ndarray:
         else:
             a = a.astype(np.float64)
             hi = float(a.max()) if a.size else 0.0
-            if mode.startswith("I;16") or hi > 255:
+            if (source_mode or mode).startswith("I;16") or hi > 255:
                 a = a * (255.0 / 65535.0)
                 notes.append("16-bit image: scaled to 8 bits")
         grey = np.clip(np.round(a), 0, 255).astype(np.uint8)
@@ -88,11 +108,11 @@ def _to_rgb(img: Image.Image, notes: list[str]) -> np.ndarray:
     if img.mode in ("LA", "La", "PA"):
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "RGBa"):
-        rgba = np.asarray(img.convert("RGBA")).astype(np.float32)
-        alpha = rgba[..., 3:4] / 255.0
-        if alpha.min() < 1.0:
+        rgba = np.asarray(img if img.mode == "RGBa" else img.convert("RGBa"))   # premultiplied: p = rgb·a/255
+        alpha = rgba[..., 3:4]
+        if alpha.min() < 255:
             notes.append("transparent image: composited over white")
-        return np.round(rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+        return rgba[..., :3] + (255 - alpha)      # over white, p + 255·(1 - a/255): exact in uint8, as p <= a
     if img.mode == "CMYK":
         notes.append("CMYK image: converted to RGB")
     if img.mode != "RGB":
@@ -149,14 +169,15 @@ def read_image(source: str | Path | bytes, max_pixels: int = MAX_IMAGE_PIXELS,
         try:
             img.load()
             img = ImageOps.exif_transpose(img) or img
-            rgb = _to_rgb(img, notes)
+            rgb = _to_rgb(_reduce_in_pillow(img, max_side), notes, source_mode=mode)
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
             raise ImageReadError(f"{name} is truncated or corrupt and cannot be decoded ({err}).") from None
     if max(rgb.shape[:2]) > max_side:
         scale = max_side / max(rgb.shape[:2])
         size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
         rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-        notes.append(f"large image ({w}x{h}): downscaled to {size[0]}x{size[1]} for analysis")
+    if max(w, h) > max_side:
+        notes.append(f"large image ({w}x{h}): downscaled to {rgb.shape[1]}x{rgb.shape[0]} for analysis")
     return LoadedImage(np.ascontiguousarray(rgb), (w, h), mode, fmt, notes)
 
 

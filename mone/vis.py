@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
     "EXPERT_COLORS", "expert_colors", "expert_labels", "cell_edges", "cell_index", "patch_at", "fit_long_side",
-    "expert_overlay", "importance_overlay", "legend_strip", "colorbar_strip", "with_legend", "render_experts",
+    "expert_overlay", "importance_overlay", "legend_strip", "text_width", "colorbar_strip", "with_legend", "render_experts",
     "render_importance", "expected_width", "PatchCanvas",
 ]
 
@@ -200,17 +200,25 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 @lru_cache(maxsize=512)
+def text_width(text: str, font_size: int = 13) -> int:
+    """Width in pixels of `text` in the legend font."""
+    return int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=_font(font_size)))
+
+
 def legend_strip(width: int, entries: tuple[tuple[tuple[int, int, int], str], ...], title: str = "",
-                 font_size: int = 13) -> np.ndarray:
-    """A light strip (h, width, 3) with a swatch + text per entry, wrapped onto as many rows as needed."""
+                 font_size: int = 13, title_width: int = 0) -> np.ndarray:
+    """A light strip (h, width, 3) with a swatch + text per entry, wrapped onto as many rows as needed.
+
+    `title_width` reserves at least that many pixels for the title, so the strips of a video whose titles differ
+    ("t=9.9s", "t=10.0s") share one layout and one height.
+    """
     font = _font(font_size)
     pad, sw, row_h = 6, font_size + 1, font_size + 9
     items = ([(None, title)] if title else []) + list(entries)
     # lay out first, then draw
     rows, x, layout = 0, pad, []
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     for colour, text in items:
-        tw = int(probe.textlength(text, font=font))
+        tw = text_width(text, font_size) if colour is not None else max(text_width(text, font_size), title_width)
         w = tw + (sw + 5 if colour is not None else 0) + 14
         if x + w > width - pad and x > pad:
             rows, x = rows + 1, pad
@@ -277,10 +285,10 @@ def _stack(height: int, strip: np.ndarray, draw) -> np.ndarray:
 
 def render_experts(image: np.ndarray, assignment: np.ndarray, num_experts: int, opacity: float = 0.5,
                    dim: int | None = None, tokens: Sequence[int] | None = None, title: str = "",
-                   canvas: PatchCanvas | None = None) -> np.ndarray:
-    """Expert overlay + legend strip below it (colour, width and token count of every expert)."""
+                   canvas: PatchCanvas | None = None, title_width: int = 0) -> np.ndarray:
+    """Expert overlay + legend strip below it (colour, width and token count of every expert; see `legend_strip`)."""
     h, w = image.shape[:2]
-    strip = legend_strip(w, expert_legend_entries(num_experts, dim, tokens), title)
+    strip = legend_strip(w, expert_legend_entries(num_experts, dim, tokens), title, title_width=title_width)
     return _stack(h, strip, lambda top: expert_overlay(image, assignment, num_experts, opacity, canvas=canvas,
                                                        out=top))
 

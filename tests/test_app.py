@@ -252,6 +252,31 @@ def test_latency_is_measured_in_the_background_after_an_upload(inf, photo):
     assert r.details["latency_ms"] > 0 and "measuring" not in r.readout
 
 
+def test_very_elongated_image_keeps_every_patch_row_visible(inf, tmp_path):
+    path = _save(Image.fromarray(np.full((20, 2000, 3), 120, np.uint8)), tmp_path / "wide.png")
+    r = inf.analyze_image(str(path), "tiny", "epr", 0.5)
+    record = inf.load_image_record(path)
+    assert record.display.shape[:2] == (inf.DISPLAY_MIN_SIDE, inf.DISPLAY_SIDE)       # 96 rows, not 6
+    assert any("elongated" in n for n in r.details["notes"])
+    assert Image.open(r.overlay).size[1] > inf.DISPLAY_MIN_SIDE                     # overlay + legend below it
+
+
+def test_no_background_timing_while_a_model_request_runs(inf, photo):
+    allocator = "sinkhorn_expert_choice"
+    r = inf.analyze_image(str(photo), "tiny", allocator, 0.5, measure=False)   # routes, measures nothing
+    model = inf.get_model(inf.get_entry("tiny"))
+    x = inf.load_image_record(Path(photo)).views["tiny"].x
+    keys = [("tiny", allocator, b) for b in BUDGET_GRID]
+    with inf.latency.busy():                                          # e.g. a video job in progress
+        inf.latency.prefetch(inf.get_entry("tiny"), model, x, allocator)
+        time.sleep(3 * inf.latency.idle_s)
+        assert not any(k in inf.latency.table for k in keys)
+    deadline = time.time() + 30
+    while time.time() < deadline and not all(k in inf.latency.table for k in keys):
+        time.sleep(0.2)
+    assert all(k in inf.latency.table for k in keys) and r.details["latency_ms"] is None
+
+
 def test_every_allocator_and_off_grid_budget(inf, photo):
     for name in mone.ALLOCATORS:
         r = inf.analyze_image(str(photo), "tiny", name, 0.4, 0.5)
@@ -356,6 +381,29 @@ def test_large_jpeg_is_decoded_reduced(tmp_path):
     assert any("downscaled" in n for n in loaded.notes)
 
 
+def test_large_transparent_and_16_bit_images_are_shrunk_before_float_conversion(tmp_path):
+    # Columns alternate transparent black and opaque red: over white, the average of the composites is
+    # (255, 127.5, 127.5). Averaging unpremultiplied colours first would give (191, 128, 128).
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[:, ::2] = (255, 0, 0, 255)
+    loaded = read_image(_save(Image.fromarray(rgba, "RGBA"), tmp_path / "stripes.png"), max_side=16)
+    assert loaded.rgb.shape == (16, 16, 3) and np.abs(loaded.rgb.astype(int) - (255, 128, 128)).max() <= 1
+    g16 = np.zeros((64, 64), np.uint16)
+    g16[:, ::2] = 65535
+    cv2.imwrite(str(tmp_path / "g16.png"), g16)
+    loaded = read_image(tmp_path / "g16.png", max_side=16)
+    assert loaded.rgb.shape == (16, 16, 3) and np.abs(loaded.rgb.astype(int) - 128).max() <= 1
+    assert any("16-bit" in n for n in loaded.notes)
+    # memory (numpy allocations): a 16 MP RGBA file was turned into float32 whole, then shrunk; now the reverse
+    import tracemalloc
+    big = _save(Image.new("RGBA", (4000, 4000), (10, 200, 10, 100)), tmp_path / "big.png")
+    tracemalloc.start()
+    loaded = read_image(big)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert max(loaded.rgb.shape) <= 2048 and peak < 60e6, peak                 # 28 MB measured; was 768 MB
+
+
 def _save(img, path, **kw):
     img.save(path, **kw)
     return path
@@ -421,7 +469,8 @@ def test_animated_gif_uses_the_first_frame_and_says_so(inf, tmp_path):
 # ------------------------------------------------------------------------------------- bad parameters
 @pytest.mark.parametrize("budget,message", [
     (1.7, "out of range"), (0.05, "out of range"), (-1, "out of range"), ("abc", "must be a number"),
-    (None, "must be a number"), (float("nan"), "out of range"), ([0.5], "must be a number")])
+    (None, "must be a number"), (float("nan"), "out of range"), ([0.5], "must be a number"),
+    (True, "must be a number")])
 def test_bad_budgets(inf, photo, budget, message):
     with pytest.raises(gr.Error, match=message):
         inf.analyze_image(str(photo), "tiny", "epr", budget)
@@ -469,6 +518,29 @@ def test_analyze_video(inf, clip):
     assert "60 frames" in r.note and "24 were sampled" in r.note
     fig = json.loads(r.plot.plot)
     assert any(t["type"] == "bar" for t in fig["data"]) and any(t["type"] == "scatter" for t in fig["data"])
+
+
+def test_video_whose_times_pass_ten_seconds(inf, tmp_path):
+    # "t=9.5s" is narrower than "t=10.0s": at some frame widths only the second wraps the legend onto another row.
+    # Every frame must still get one legend height (H.264 needs one size). Portrait clip: the output is 640 px high
+    # and as wide as the clip's aspect gives, chosen at that wrap boundary.
+    from mone import capacity, vis
+    from test_video import make_clip
+    entries = vis.expert_legend_entries(4, 64, capacity.tokens_per_expert(capacity.capacity_distribution(0.5), 64))
+    width = next(w for w in range(120, 640, 2)
+                 if vis.legend_strip(w, entries, "t=9.5s").shape != vis.legend_strip(w, entries, "t=10.0s").shape)
+    path, _ = make_clip(tmp_path / "long.mp4", frames=24, width=width, height=640, fps=2)        # 12 s
+    r = inf.analyze_video(str(path), "tiny", "epr", 0.5, 0.5, 24)
+    assert r.details["per_frame"][-1]["time"] >= 10 and r.details["frames"] == 24
+
+
+def test_legend_title_slot_keeps_one_layout():
+    from mone import vis
+    entries = vis.expert_legend_entries(4, 128, [41, 36, 33, 34])
+    titles = ["t=9.9s", "t=10.0s", "t=100.0s"]
+    slot = max(vis.text_width(t) for t in titles)
+    heights = {vis.legend_strip(300, entries, t, title_width=slot).shape for t in titles}
+    assert len(heights) == 1
 
 
 def test_bad_videos_in_the_app(inf, tmp_path):
