@@ -227,9 +227,13 @@ def evaluate(card_path: str | Path, dense_card: str | Path | None = None, splits
     model = mone.load_model(card_path, device)
     card = model.card
     dense = mone.load_model(dense_card, device) if dense_card else None
-    if dense is not None and dense.card["data"]["dataset"] != card["data"]["dataset"]:
-        raise ValueError(f"{dense_card} was trained on {dense.card['data']['dataset']}, "
-                         f"{card_path} on {card['data']['dataset']}")
+    if dense is not None:       # the baseline must see the same images, prepared the same way
+        for section, key in (("data", "dataset"), ("data", "seed"), ("preprocess", "image_size"),
+                             ("preprocess", "in_chans"), ("preprocess", "mean"), ("preprocess", "std")):
+            ours, theirs = card[section].get(key), dense.card[section].get(key)
+            if ours != theirs:
+                raise ValueError(f"{dense_card} does not match {card_path}: {section}.{key} is {theirs!r} there, "
+                                 f"{ours!r} here")
     splits = list(splits or dataset_info(card["data"]["dataset"])["eval_splits"])
     results = [score_split(model, dense, card, s, limit, batch_size, device, workers, scenes_pack) for s in splits]
     out_dir = Path(out_dir)

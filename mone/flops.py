@@ -1,9 +1,10 @@
 """Analytic multiply-adds (MACs) of a MoNE or dense ViT forward, per budget.
 
 In MoNE the number of tokens on each expert is fixed by the capacity split, so the cost depends on the budget and the
-image size, never on the image content: a closed form is exact. Counted, as FlopCounterMode counts them (it reports
-2 × MACs): the patch-embedding convolution, the router, the four projections of every block, attention's QK^T and AV
-at full width, and the classifier. Norms, softmax, GELU and the sort are not matmuls and are not counted.
+image size, never on the image content: a closed form is exact. Counted: the patch-embedding convolution, the router,
+the four projections of every block, attention's QK^T and AV at full width, and the classifier. Norms, softmax, GELU
+and the sort are not matmuls and are not counted. FlopCounterMode reports 2 × this when attention runs on SDPA's math
+backend (a test checks it); with a fused SDPA kernel it does not see QK^T and AV at all and reports less.
 """
 from __future__ import annotations
 

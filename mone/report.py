@@ -34,6 +34,18 @@ def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def curves() -> list[tuple[str, str, str]]:
+    """CURVES, each label saying so when the MoNE run stopped before its planned steps (a time limit): such a pair
+    is not the equal-epochs or isoFLOPs comparison its name says, and the table must not hide it."""
+    out = []
+    for name, what, dataset in CURVES:
+        steps = (_load(ASSETS / f"{name}.json") or {}).get("steps", {})
+        if steps.get("done", 0) < steps.get("planned", 0):
+            what += f" (MoNE stopped at step {steps['done']} of {steps['planned']})"
+        out.append((name, what, dataset))
+    return out
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
@@ -46,7 +58,7 @@ def accuracy_table() -> list[str]:
     rows = ["| model (test split) | test images | dense | MoNE e_c=0.3 | MoNE 0.5 | MoNE 1.0 | random router 0.2 / MoNE 0.2 | "
             "best MatViT with ≥ the MACs of MoNE 0.3 | MoNE 0.5 MACs / dense |",
             "|---|---|---|---|---|---|---|---|---|"]
-    for name, what, _ in CURVES:
+    for name, what, _ in curves():
         curve = _split(name)
         if not curve:
             continue
@@ -86,39 +98,57 @@ def _object_precision(name: str, e_c: float) -> dict | None:
     return next((o for o in rows if abs(o["effective_capacity"] - e_c) < 1e-9), None)
 
 
+def standard_error_pt(accuracies: list[float], images: int) -> float:
+    """One standard error, in points, of one accuracy or of a difference of accuracies measured on `images` images.
+
+    Binomial: sqrt(sum p(1-p)/n). For a difference of two models on the *same* images this is the unpaired value, an
+    upper bound: the per-image outcomes that would give the paired one are not stored in the curve files.
+    """
+    return 100 * sum(p * (1 - p) for p in accuracies) ** 0.5 / images ** 0.5
+
+
 def targets_table() -> list[str]:
-    """The issue's targets, each with the measured value and whether it holds."""
-    rows = ["| target | measured | holds |", "|---|---|---|"]
+    """The issue's targets, each with the measured value, its standard error, and whether it holds."""
+    rows = ["| target | measured | ± 1 s.e. | holds |", "|---|---|---|---|"]
 
-    def add(target: str, measured: float | None, ok, fmt: str = "{:.1f}") -> None:
+    def add(target: str, measured: float | None, ok, fmt: str = "{:.1f}", se: float | None = None) -> None:
         if measured is not None:
-            rows.append(f"| {target} | {fmt.format(measured)} | {'yes' if ok(measured) else 'no'} |")
+            rows.append(f"| {target} | {fmt.format(measured)} | {'–' if se is None else f'{se:.1f}'} | "
+                        f"{'yes' if ok(measured) else 'no'} |")
 
-    for name, what, dataset in CURVES:
-        pts = _curve_points(name)
+    for name, what, dataset in curves():
+        split = _split(name)
+        pts, n = split.get("points", []), split.get("images")
         if not pts:
             continue
-        dense = 100 * _top1(pts, "dense")
+        dense_top1 = _top1(pts, "dense")
+        dense = 100 * dense_top1
+
+        def versus_dense(top1: float) -> tuple[float, float]:
+            return 100 * top1 - dense, standard_error_pt([top1, dense_top1], n)
+
         if dataset == "fashion_mnist":
-            add(f"{what}: dense ≥ 92.0 %", dense, lambda v: v >= 92.0)
-            add(f"{what}: MoNE e_c=0.5 ≥ dense − 0.5 pt (pt vs dense)", 100 * _top1(pts, "mone", 0.5) - dense,
-                lambda v: v >= -0.5, "{:+.1f}")
-            add(f"{what}: MoNE e_c=0.3 ≥ dense − 1.5 pt (pt vs dense)", 100 * _top1(pts, "mone", 0.3) - dense,
-                lambda v: v >= -1.5, "{:+.1f}")
+            add(f"{what}: dense ≥ 92.0 %", dense, lambda v: v >= 92.0, se=standard_error_pt([dense_top1], n))
+            gap, se = versus_dense(_top1(pts, "mone", 0.5))
+            add(f"{what}: MoNE e_c=0.5 ≥ dense − 0.5 pt (pt vs dense)", gap, lambda v: v >= -0.5, "{:+.1f}", se)
+            gap, se = versus_dense(_top1(pts, "mone", 0.3))
+            add(f"{what}: MoNE e_c=0.3 ≥ dense − 1.5 pt (pt vs dense)", gap, lambda v: v >= -1.5, "{:+.1f}", se)
             m3 = _point(pts, "mone", 0.3)
-            above = [p["top1"] for p in pts if p["method"] == "matvit" and p["macs"] >= m3["macs"]]
+            best = max(p["top1"] for p in pts if p["method"] == "matvit" and p["macs"] >= m3["macs"])
             add(f"{what}: MoNE e_c=0.3 above every MatViT point of ≥ its MACs (pt over the best)",
-                100 * (m3["top1"] - max(above)), lambda v: v > 0, "{:+.1f}")
+                100 * (m3["top1"] - best), lambda v: v > 0, "{:+.1f}", standard_error_pt([m3["top1"], best], n))
             continue
-        add(f"{what}: dense ≥ 85 % on unseen backgrounds", dense, lambda v: v >= 85.0)
-        add(f"{what}: MoNE e_c=0.3 within 1 pt of dense (pt vs dense)", 100 * _top1(pts, "mone", 0.3) - dense,
-            lambda v: v >= -1.0, "{:+.1f}")
+        add(f"{what}: dense ≥ 85 % on unseen backgrounds", dense, lambda v: v >= 85.0,
+            se=standard_error_pt([dense_top1], n))
+        gap, se = versus_dense(_top1(pts, "mone", 0.3))
+        add(f"{what}: MoNE e_c=0.3 within 1 pt of dense (pt vs dense)", gap, lambda v: v >= -1.0, "{:+.1f}", se)
         op = _object_precision(name, 0.3)
         if op and op["mone"] is not None:
             add(f"{what}: object patches ≥ 3× over-represented in the largest expert at e_c=0.3",
                 op["mone"] / op["object_area_share"], lambda v: v >= 3.0, "{:.2f}×")
-        add(f"{what}: learned router ≥ 3 pt above random at e_c=0.2 (pt)",
-            100 * (_top1(pts, "mone", 0.2) - _top1(pts, "random_router", 0.2)), lambda v: v >= 3.0, "{:+.1f}")
+        learned, random = _top1(pts, "mone", 0.2), _top1(pts, "random_router", 0.2)
+        add(f"{what}: learned router ≥ 3 pt above random at e_c=0.2 (pt)", 100 * (learned - random),
+            lambda v: v >= 3.0, "{:+.1f}", standard_error_pt([learned, random], n))
     return rows
 
 
@@ -126,7 +156,7 @@ def scenes_table() -> list[str]:
     rows = ["| Scenes model | unseen-instance images | unseen instances: dense | MoNE 0.3 | MoNE 0.5 | object share among "
             "largest-expert tokens at e_c 0.3 on `test` (MoNE / random / object area) | over-representation on `test` |",
             "|---|---|---|---|---|---|---|"]
-    for name, what, dataset in CURVES:
+    for name, what, dataset in curves():
         split = _split(name, "test_instances")
         inst = split.get("points", [])
         if dataset != "scenes" or not inst:

@@ -447,9 +447,15 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
                                                   meta["eval_history"])
     log_path = out_dir / "log.jsonl"
     if main_process:   # keep the log lines up to the checkpoint we continue from
-        kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= step] \
-            if step and log_path.exists() else []
-        log_path.write_text("".join(ln + "\n" for ln in kept))
+        evaluated = {h["step"] for h in history}
+
+        def kept(record: dict) -> bool:
+            # an evaluation logged after the checkpoint at its own step is not in the checkpoint's history: it runs
+            # again on resume (see run_eval below), so its first line goes
+            return record["step"] < step or (record["step"] == step and
+                                              ("eval_top1" not in record or step in evaluated))
+        lines = log_path.read_text().splitlines() if step and log_path.exists() else []
+        log_path.write_text("".join(ln + "\n" for ln in lines if kept(json.loads(ln))))
 
     def log(record: dict) -> None:
         if main_process:

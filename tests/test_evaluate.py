@@ -65,3 +65,12 @@ def test_random_router_is_reproducible_and_dense_cards_evaluate_alone(cards, tmp
     evaluation = json.loads(cards["dense"].read_text())["evaluation"]
     assert evaluation["dense_top1"] == dense["points"][0]["top1"]
     assert "top1" not in evaluation and "matvit_top1" not in evaluation     # no empty MoNE fields on a dense card
+
+
+def test_a_dense_card_prepared_differently_is_refused(cards):
+    card = json.loads(cards["dense"].read_text())
+    card["preprocess"]["mean"] = [0.0] * len(card["preprocess"]["mean"])
+    other = cards["dense"].with_name("dense_other_mean.json")
+    other.write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="preprocess.mean"):
+        evaluate(cards["mone"], other, limit=4, batch_size=4, device="cpu", out_dir=cards["mone"].parent / "x")

@@ -31,3 +31,34 @@ def test_router_health_flags_a_router_no_gradient_reaches(tmp_path, monkeypatch)
     rows = report.router_health_table()
     assert rows[2] == "| mone_a.json | -0.20, -0.10 | 0 of 2 | 0.50 (0.16) | **frozen**: no gradient reaches it |"
     assert rows[3] == "| mone_b.json | -0.20, 0.30 | 1 of 2 | 0.50 (0.16) | learning |"
+
+
+def test_standard_error_of_an_accuracy_and_of_a_difference():
+    import pytest
+    assert report.standard_error_pt([0.9], 10_000) == pytest.approx(0.3)          # sqrt(0.9·0.1 / 1e4) = 0.003
+    assert report.standard_error_pt([0.9, 0.8], 10_000) == pytest.approx(0.5)     # sqrt((0.09 + 0.16) / 1e4)
+    assert report.standard_error_pt([0.5], 100) == pytest.approx(5.0)
+
+
+def test_a_run_stopped_before_its_planned_steps_is_labelled(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "ASSETS", tmp_path)
+    monkeypatch.setattr(report, "CURVES", [("a", "A, equal epochs", "scenes"), ("b", "B", "scenes")])
+    (tmp_path / "a.json").write_text(json.dumps(dict(steps=dict(done=1453, planned=1500))))
+    (tmp_path / "b.json").write_text(json.dumps(dict(steps=dict(done=10, planned=10))))
+    assert [what for _, what, _ in report.curves()] == ["A, equal epochs (MoNE stopped at step 1453 of 1500)", "B"]
+
+
+def test_targets_table_gives_each_gap_its_standard_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "ASSETS", tmp_path)
+    monkeypatch.setattr(report, "CURVES", [("m", "FM", "fashion_mnist")])
+    points = [dict(method="dense", effective_capacity=1.0, macs=100, top1=0.9),
+              dict(method="mone", effective_capacity=0.5, macs=50, top1=0.896),
+              dict(method="mone", effective_capacity=0.3, macs=30, top1=0.8),
+              dict(method="matvit", effective_capacity=0.5, macs=50, top1=0.9)]
+    (tmp_path / "curves").mkdir()
+    (tmp_path / "curves" / "m.json").write_text(json.dumps(dict(split="test", images=10_000, points=points)))
+    assert report.targets_table()[2:] == [
+        "| FM: dense ≥ 92.0 % | 90.0 | 0.3 | no |",
+        "| FM: MoNE e_c=0.5 ≥ dense − 0.5 pt (pt vs dense) | -0.4 | 0.4 | yes |",
+        "| FM: MoNE e_c=0.3 ≥ dense − 1.5 pt (pt vs dense) | -10.0 | 0.5 | no |",
+        "| FM: MoNE e_c=0.3 above every MatViT point of ≥ its MACs (pt over the best) | -10.0 | 0.5 | no |"]

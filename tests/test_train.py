@@ -77,6 +77,20 @@ def test_resume_continues_exactly(tmp_path):
     assert written <= {".safetensors", ".json", ".jsonl"}, written
 
 
+def test_resume_after_a_kill_between_an_evaluation_and_the_next_checkpoint_logs_it_once(tmp_path):
+    args = ("--epochs", "2", "--train-size", "64", "--log-every", "1", "--ckpt-every", "100")  # 2 steps per epoch
+    run(tmp_path / "straight", *args)
+    run(tmp_path / "killed", *args, "--stop-at-step", "2")             # checkpoint at the epoch's end, no eval yet
+    log = tmp_path / "killed" / "log.jsonl"
+    evaluation = next(r for r in records(tmp_path / "straight" / "log.jsonl") if "eval_top1" in r)
+    with log.open("a") as f:                                            # the eval a killed process wrote last
+        f.write(json.dumps(evaluation) + "\n")
+    run(tmp_path / "killed", *args, "--resume")
+    logs = [[{k: v for k, v in r.items() if k != "img_per_s"} for r in records(tmp_path / name / "log.jsonl")
+             if "param_checksum" not in r] for name in ("straight", "killed")]
+    assert logs[0] == logs[1] and sum("eval_top1" in r and r["step"] == 2 for r in logs[1]) == 1
+
+
 def test_existing_checkpoint_needs_resume(tmp_path):
     run(tmp_path, "--epochs", "1", "--train-size", "32")
     with pytest.raises(FileExistsError):
