@@ -85,6 +85,8 @@ class TrainConfig:
     train_size: int | None = None               # images per epoch; None: the whole split (Scenes: 50 000)
     fresh_each_epoch: bool = False              # Scenes/synthetic: epoch e sees generator indices [e·N, (e+1)·N)
     eval_size: int | None = None                # test images scored after each epoch; None: the whole test split
+    val_size: int = 0                           # > 0: score N validation images after each epoch instead of the test
+                                                # split (keeps the test split out of every choice; see VAL_OFFSET)
     data_seed: int = 0                          # generator seed of Scenes / synthetic (the split, not the training)
     scenes_pack: str | None = None              # Scenes source pack; None: $MONE_SCENES_PACK or the cache
     workers: int = 4                            # Scenes generator processes (0: generate in this process)
@@ -142,6 +144,22 @@ def dataset_info(name: str) -> dict:
     from mone.data import CLASSES, MEAN, STD
     return dict(channels=len(MEAN[name]), classes=CLASSES[name], mean=MEAN[name], std=STD[name],
                 eval_splits=["test", "test_instances"] if name == "scenes" else ["test"])
+
+
+# Validation images (`--val-size N`) come from the training distribution and are never trained on: Fashion-MNIST's
+# last N training images (dropped from training), and for generated sets the generator's train-split indices from
+# VAL_OFFSET on, far past any epoch's range [e·train_size, (e+1)·train_size).
+VAL_OFFSET = 2 ** 30
+
+
+def validation_indices(dataset: str, val_size: int, train_size: int) -> tuple[range, int]:
+    """(train-split indices to validate on, images per epoch left for training)."""
+    if dataset == "fashion_mnist":
+        full = default_size(dataset, "train")
+        if not 0 < val_size < full:
+            raise ValueError(f"--val-size must be between 1 and {full - 1}, got {val_size}")
+        return range(full - val_size, full), min(train_size, full - val_size)
+    return range(VAL_OFFSET, VAL_OFFSET + val_size), train_size
 
 
 def default_size(dataset: str, split: str) -> int:
@@ -413,7 +431,11 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
     if cfg.fresh_each_epoch and cfg.dataset == "fashion_mnist":
         raise ValueError("--fresh-each-epoch needs a generated dataset (scenes or synthetic)")
     train_size = cfg.train_size or default_size(cfg.dataset, "train")
-    eval_size = cfg.eval_size or default_size(cfg.dataset, "test")
+    if cfg.val_size:
+        eval_split, (eval_indices, train_size) = "train", validation_indices(cfg.dataset, cfg.val_size, train_size)
+    else:
+        eval_split, eval_indices = "test", range(cfg.eval_size or default_size(cfg.dataset, "test"))
+    eval_size = len(eval_indices)
     per_rank, batch = train_size // world, cfg.batch_size // world
     steps_per_epoch = per_rank // batch
     if steps_per_epoch == 0:
@@ -433,7 +455,9 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
         base = epoch * train_size if cfg.fresh_each_epoch else 0
         return range(base + rank, base + train_size, world)[:per_rank]
 
-    test_x, test_y, _ = load("test", range(rank, eval_size, world)).result()
+    if cfg.fresh_each_epoch and eval_split == "train" and (num_epochs + 1) * train_size > VAL_OFFSET:
+        raise ValueError("the training indices would reach the validation images: lower --epochs or --train-size")
+    test_x, test_y, _ = load(eval_split, eval_indices[rank::world]).result()
     test_x, test_y = test_x.to(device), test_y.to(device)
 
     # --- resume
@@ -486,7 +510,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
         for v in counts.values():
             if distributed:
                 dist.all_reduce(v)
-        history.append(dict(step=step, epoch=epoch, eval_images=eval_size,
+        history.append(dict(step=step, epoch=epoch, eval_split="validation" if cfg.val_size else "test",
+                            eval_images=eval_size,
                             eval_top1={k: round(v.item() / eval_size, 5) for k, v in counts.items()}))
         log(history[-1])
 
@@ -590,7 +615,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
     if main_process and cfg.export and not interrupted:
         images_seen = step * cfg.batch_size
         data = dict(dataset=cfg.dataset, splits=dict(train="train", eval=info["eval_splits"]),
-                    sizes=dict(train_per_epoch=train_size, images_seen=images_seen, eval=eval_size),
+                    sizes=dict(train_per_epoch=train_size, images_seen=images_seen, eval=eval_size,
+                               validation=cfg.val_size),
                     image_size=image_size, seed=cfg.data_seed, fresh_each_epoch=cfg.fresh_each_epoch,
                     augment=recipe if cfg.augment else None)
         if cfg.dataset == "scenes":

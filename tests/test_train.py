@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import mone
 from mone.models import ALPHA_MAX, ALPHA_MIN
-from mone.train import AUGMENT, augment, iso_flops_factor, main, parse_args, train
+from mone.train import AUGMENT, VAL_OFFSET, augment, iso_flops_factor, main, parse_args, train, validation_indices
 
 TINY = ["--dataset", "synthetic", "--model", "mone_vit_tiny_patch4_32", "--device", "cpu", "--batch-size", "32",
         "--eval-size", "32", "--workers", "0"]
@@ -89,6 +89,29 @@ def test_resume_after_a_kill_between_an_evaluation_and_the_next_checkpoint_logs_
     logs = [[{k: v for k, v in r.items() if k != "img_per_s"} for r in records(tmp_path / name / "log.jsonl")
              if "param_checksum" not in r] for name in ("straight", "killed")]
     assert logs[0] == logs[1] and sum("eval_top1" in r and r["step"] == 2 for r in logs[1]) == 1
+
+
+def test_validation_images_are_never_trained_on():
+    # Fashion-MNIST: the last N training images validate and leave training
+    val, train_size = validation_indices("fashion_mnist", 5000, 60_000)
+    assert (val.start, val.stop, train_size) == (55_000, 60_000, 55_000)
+    assert validation_indices("fashion_mnist", 5000, 1000)[1] == 1000          # a smaller --train-size stays
+    with pytest.raises(ValueError, match="--val-size"):
+        validation_indices("fashion_mnist", 60_000, 60_000)
+    # generated sets: generator indices far beyond any epoch's range
+    val, train_size = validation_indices("scenes", 2000, 64_000)
+    assert (val.start, len(val), train_size) == (VAL_OFFSET, 2000, 64_000)
+
+
+def test_per_epoch_evaluation_on_validation_images(tmp_path):
+    summary = run(tmp_path / "val", "--epochs", "1", "--train-size", "64", "--val-size", "48",
+                  "--export", str(tmp_path / "val_model"))
+    assert [(h["eval_split"], h["eval_images"]) for h in summary["eval_history"]] == [("validation", 48)]
+    card = json.loads((tmp_path / "val_model.json").read_text())
+    assert card["data"]["sizes"]["validation"] == 48 and card["train_eval"]["eval_split"] == "validation"
+    with pytest.raises(ValueError, match="would reach the validation images"):
+        run(tmp_path / "far", "--epochs", "1", "--train-size", str(VAL_OFFSET), "--fresh-each-epoch",
+            "--val-size", "8", "--batch-size", str(VAL_OFFSET))
 
 
 def test_existing_checkpoint_needs_resume(tmp_path):
