@@ -291,6 +291,36 @@ def speed_table() -> list[str]:
     return rows
 
 
+# (curve of the shipped pair, the same pair retrained with another training seed, what it is); see `seed_table`
+SEED_REPEATS = [("curves/mone_vit_fmnist_convstem_cpu_isoflops.json",
+                 "seeds/curves/mone_vit_fmnist_convstem_cpu_isoflops_seed1.json",
+                 "Fashion-MNIST, conv stem, isoFLOPs, trained on this CPU")]
+
+
+def seed_table() -> list[str]:
+    """The same commands with another `--seed` (initialisation, data order, e_c draws, drop-path): how far the numbers
+    and the targets' gaps move with training noise, next to one standard error of test-set noise."""
+    rows = ["| pair | seed | dense | MoNE 0.5 | MoNE 0.3 | MoNE 0.2 − random 0.2 | MoNE 0.5 − dense | "
+            "MoNE 0.3 − dense | MoNE 0.3 − best MatViT of ≥ its MACs | ± 1 s.e. of a gap |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for paths in SEED_REPEATS:
+        *files, what = paths
+        loaded = [_load(ASSETS / file) for file in files]
+        if None in loaded:                                        # a repeat not run (yet): no half a comparison
+            continue
+        for seed, curve in enumerate(loaded):
+            pts, n = curve["points"], curve["images"]
+            dense, m5, m3, m2 = (_top1(pts, "dense"), _top1(pts, "mone", 0.5), _top1(pts, "mone", 0.3),
+                                 _top1(pts, "mone", 0.2))
+            m3_macs = _point(pts, "mone", 0.3)["macs"]
+            best = max(p["top1"] for p in pts if p["method"] == "matvit" and p["macs"] >= m3_macs)
+            gap = lambda a, b: f"{100 * (a - b):+.1f}"                                           # noqa: E731
+            rows.append(f"| {what} | {seed} | {_pct(dense)} | {_pct(m5)} | {_pct(m3)} | "
+                        f"{gap(m2, _top1(pts, 'random_router', 0.2))} | {gap(m5, dense)} | {gap(m3, dense)} | "
+                        f"{gap(m3, best)} | {standard_error_pt([m3, dense], n):.1f} |")
+    return rows if len(rows) > 2 else []
+
+
 def train_cost_table() -> list[str]:
     data = _load(ASSETS / "bench" / "train_cpu.json")
     if data is None:
@@ -316,6 +346,7 @@ def report() -> str:
               routers_table()),
              ("### Allocators on the trained MoNE model (from `assets/routers/mone_allocators_*.json`)",
               allocators_table()),
+             ("### Training noise: the same pair with another seed (from `assets/seeds/curves/`)", seed_table()),
              ("### Training cost on this machine (from `assets/bench/train_cpu.json`)", train_cost_table()),
              ("### Trained on this machine (from the cards)", trained_here_table()),
              ("### Speed (from `assets/bench/speed_*.json`)", speed_table())]
