@@ -62,6 +62,15 @@ class LoadedImage:
     notes: list[str] = field(default_factory=list)
 
 
+def _expand_palette(img: Image.Image) -> Image.Image:
+    """1-bit and palette images in the mode their pixels stand for (bits and palette indices are not intensities)."""
+    if img.mode == "1":
+        return img.convert("L")
+    if img.mode == "P":
+        return img.convert("RGBA" if "transparency" in img.info else "RGB")
+    return img
+
+
 def _reduce_in_pillow(img: Image.Image, max_side: int) -> Image.Image:
     """Box-shrink by an integer factor in the file's own mode, before any conversion to float (a 62 MP RGBA or 16-bit
     image would otherwise take 2-4 GB). Alpha is averaged premultiplied, so the composite over white stays exact;
@@ -69,10 +78,7 @@ def _reduce_in_pillow(img: Image.Image, max_side: int) -> Image.Image:
     factor = -(-max(img.size) // max_side)                          # ceil: the result is at most max_side
     if factor < 2:
         return img
-    if img.mode == "P":                                              # palette indices cannot be averaged
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif img.mode == "1":
-        img = img.convert("L")
+    img = _expand_palette(img)                                       # palette indices cannot be averaged
     if img.mode in ("RGBA", "LA", "PA"):
         img = img.convert("RGBA").convert("RGBa")
     elif img.mode.startswith("I;16"):
@@ -101,10 +107,7 @@ def _to_rgb(img: Image.Image, notes: list[str], source_mode: str | None = None) 
                 notes.append("16-bit image: scaled to 8 bits")
         grey = np.clip(np.round(a), 0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
-    if mode == "1":
-        img = img.convert("L")
-    if mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    img = _expand_palette(img)
     if img.mode in ("LA", "La", "PA"):
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "RGBa"):

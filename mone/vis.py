@@ -205,6 +205,7 @@ def text_width(text: str, font_size: int = 13) -> int:
     return int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=_font(font_size)))
 
 
+@lru_cache(maxsize=512)
 def legend_strip(width: int, entries: tuple[tuple[tuple[int, int, int], str], ...], title: str = "",
                  font_size: int = 13, title_width: int = 0) -> np.ndarray:
     """A light strip (h, width, 3) with a swatch + text per entry, wrapped onto as many rows as needed.
