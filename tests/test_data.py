@@ -178,6 +178,15 @@ def test_scenes_samples_use_their_split(pack_path, pack):
     assert seen["test"][1] <= test_src and seen["test_instances"][1] <= test_src
 
 
+def test_scenes_source_of_without_rendering(pack_path, pack):
+    """`source_of` reads the same draw as `generate`; the listed overlaps are real test sources of the pack."""
+    for split in ("train", "test", "test_instances"):
+        ds = scenes.ScenesDataset(split, 60, image_size=32, pack_path=pack_path)
+        assert [ds.source_of(i) for i in range(60)] == [ds.generate(i)[3]["source_name"] for i in range(60)]
+    test_names = {n for n, s in zip(pack.source_names, pack.source_split) if s == 1}
+    assert set(scenes.TEST_BACKGROUND_OVERLAPS) <= test_names
+
+
 def test_scenes_object_area(pack_path):
     ds = scenes.ScenesDataset("train", 300, image_size=96, pack_path=pack_path)
     areas = np.array([ds.generate(i)[2].mean() for i in range(300)])

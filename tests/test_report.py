@@ -78,3 +78,38 @@ def test_seed_table_shows_each_seed_and_the_gaps(tmp_path, monkeypatch):
     rows = report.seed_table()
     assert rows[2] == "| P | 0 | 90.0 | 89.0 | 87.0 | +5.0 | -1.0 | -3.0 | +1.0 | 0.5 |"
     assert rows[3] == "| P | 1 | 88.0 | 89.0 | 87.0 | +5.0 | +1.0 | -1.0 | +1.0 | 0.5 |"
+
+
+def test_seed_table_adds_mean_and_sample_sd_from_three_seeds(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "ASSETS", tmp_path)
+    monkeypatch.setattr(report, "SEED_REPEATS", [("a.json", "b.json", "c.json", "P")])
+    for name, dense in (("a.json", 0.90), ("b.json", 0.88), ("c.json", 0.86)):
+        points = [dict(method="dense", effective_capacity=1.0, macs=100, top1=dense),
+                  dict(method="mone", effective_capacity=0.5, macs=50, top1=0.89),
+                  dict(method="mone", effective_capacity=0.3, macs=30, top1=0.87),
+                  dict(method="mone", effective_capacity=0.2, macs=20, top1=0.85),
+                  dict(method="random_router", effective_capacity=0.2, macs=20, top1=0.80),
+                  dict(method="matvit", effective_capacity=0.5, macs=50, top1=0.86)]
+        (tmp_path / name).write_text(json.dumps(dict(images=10_000, points=points)))
+    # dense 90, 88, 86: mean 88, sample s.d. 2; MoNE 0.5 − dense -1, +1, +3: mean +1, s.d. 2
+    assert report.seed_table()[-1] == ("| P | mean ± s.d. of 3 | 88.0 ± 2.0 | 89.0 ± 0.0 | 87.0 ± 0.0 | +5.0 ± 0.0 | "
+                                       "+1.0 ± 2.0 | -1.0 ± 2.0 | +1.0 ± 0.0 | – |")
+
+
+def test_background_table_compares_all_with_and_without_the_overlaps(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "ASSETS", tmp_path)
+    monkeypatch.setattr(report, "CURVES", [("m", "Scenes X", "scenes")])
+    (tmp_path / "bench" / "background_split").mkdir(parents=True)
+
+    def part(images, dense, m3, m2, r2):
+        return dict(images=images, top1={"dense": dense, "mone@0.2": m2, "mone@0.3": m3, "mone@0.5": m3,
+                                         "random@0.2": r2})
+    per = {"bx": dict(part(10, 0.9, 0.9, 0.9, 0.9), dense_most_frequent_wrong=dict(as_class="houses",
+                                                                                   share_of_images=0.1)),
+           "hm": dict(part(10, 0.3, 0.2, 0.2, 0.3), dense_most_frequent_wrong=dict(as_class="fish",
+                                                                                   share_of_images=0.4))}
+    data = dict(overlapping_sources={"bx": "a box", "hm": "birds"}, all=part(100, 0.7, 0.71, 0.66, 0.58),
+                clean=part(80, 0.72, 0.75, 0.69, 0.60), overlapping=part(20, 0.6, 0.55, 0.55, 0.6), per_source=per)
+    (tmp_path / "bench" / "background_split" / "m.json").write_text(json.dumps(data))
+    assert report.background_table()[-1] == ("| Scenes X | 100 (80) | 70.0 / 72.0 / 60.0 | 71.0 / 75.0 / 55.0 | "
+                                              "+1.0 / +3.0 | +8.0 / +9.0 | 90.0 / 30.0 | houses (10.0 %), fish (40.0 %) |")

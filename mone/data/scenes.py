@@ -136,6 +136,10 @@ BACKGROUNDS = (
     ("opencv:megamind", "test", "opencv", "Megamind.avi", "opencv-doc (mixed)", 4),
 )
 REDISTRIBUTABLE_KINDS = ("skimage", "sklearn", "matplotlib")
+# Test backgrounds that are not wholly unseen (found in review, after the shipped models were trained; removing them is
+# a new data version and a retraining of every Scenes model): `bench/background_split.py` measures what they change.
+TEST_BACKGROUND_OVERLAPS = {"opencv:box": "the box photographed inside training's opencv:box_in_scene",
+                            "opencv:home": "birds (a class) in its sky"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -517,16 +521,26 @@ class ScenesDataset(Dataset):
             self._label_cache[chunk] = perms
         return int(perms[block % self._LABEL_CHUNK, int(i) % n])
 
+    def _draws(self, i: int) -> list[float]:
+        """All 17 uniform draws of image ``i``, in a fixed order; depends only on ``(seed, split, i)``."""
+        return np.random.default_rng([self.seed, self.split_id, int(i)]).random(17).tolist()
+
+    def _source_index(self, draws: list[float]) -> int:
+        return int(draws[1] * len(self.sources))
+
+    def source_of(self, i: int) -> str:
+        """Name of the background source image ``i`` is cropped from (e.g. ``"opencv:home"``), without rendering it."""
+        return self.pack.source_names[self.sources[self._source_index(self._draws(i))]]
+
     def generate(self, i: int, image_size: int | None = None) -> tuple[np.ndarray, int, np.ndarray, dict]:
         """Image ``i`` as numpy: ``(image uint8 (S,S,3) RGB, label, mask bool (S,S), info dict)``."""
         S = int(image_size or self.image_size)
         p = self.pack
-        rng = np.random.default_rng([self.seed, self.split_id, int(i)])
         label = self.label_of(i)
-        u = rng.random(17).tolist()  # all draws, in a fixed order
+        u = self._draws(i)
         inst_ids = self.instances[label]
         inst = int(inst_ids[int(u[0] * len(inst_ids))])
-        src_k = int(u[1] * len(self.sources))
+        src_k = self._source_index(u)
         imgs = self.source_images[src_k]
         bg_id = int(imgs[int(u[2] * len(imgs))])
 
