@@ -3,7 +3,7 @@
     python app/app.py            # http://127.0.0.1:7860, no network needed
 
 Builds `demo` (gr.Blocks) and wires the events; everything it computes lives in `app/inference.py`.
-Public API endpoints: /analyze_image and /analyze_video (see APP_README.md for a gradio_client example).
+Public API endpoints: /analyze_image and /analyze_video (README, "API": a gradio_client example).
 """
 from __future__ import annotations
 

@@ -92,8 +92,8 @@ def test_seed_table_adds_mean_and_sample_sd_from_three_seeds(tmp_path, monkeypat
                   dict(method="matvit", effective_capacity=0.5, macs=50, top1=0.86)]
         (tmp_path / name).write_text(json.dumps(dict(images=10_000, points=points)))
     # dense 90, 88, 86: mean 88, sample s.d. 2; MoNE 0.5 − dense -1, +1, +3: mean +1, s.d. 2
-    assert report.seed_table()[-1] == ("| P | mean ± s.d. of 3 | 88.0 ± 2.0 | 89.0 ± 0.0 | 87.0 ± 0.0 | +5.0 ± 0.0 | "
-                                       "+1.0 ± 2.0 | -1.0 ± 2.0 | +1.0 ± 0.0 | – |")
+    assert report.seed_table()[-1] == ("| P | mean ± s.d. of 3 | 88.0 ± 2.0 | 89.0 ± 0.0 | 87.0 ± 0.0 | "
+                                       "+5.0 ± 0.0 | +1.0 ± 2.0 | -1.0 ± 2.0 | +1.0 ± 0.0 | – |")
 
 
 def test_background_table_compares_all_with_and_without_the_overlaps(tmp_path, monkeypatch):
@@ -112,4 +112,5 @@ def test_background_table_compares_all_with_and_without_the_overlaps(tmp_path, m
                 clean=part(80, 0.72, 0.75, 0.69, 0.60), overlapping=part(20, 0.6, 0.55, 0.55, 0.6), per_source=per)
     (tmp_path / "bench" / "background_split" / "m.json").write_text(json.dumps(data))
     assert report.background_table()[-1] == ("| Scenes X | 100 (80) | 70.0 / 72.0 / 60.0 | 71.0 / 75.0 / 55.0 | "
-                                              "+1.0 / +3.0 | +8.0 / +9.0 | 90.0 / 30.0 | houses (10.0 %), fish (40.0 %) |")
+                                              "+1.0 / +3.0 | +8.0 / +9.0 | 90.0 / 30.0 | "
+                                              "houses (10.0 %), fish (40.0 %) |")
