@@ -1,6 +1,6 @@
 """Slider latency of the MoNE Explorer: what one budget move costs on the server.
 
-    python bench/app_latency.py [--card assets/<name>.json] [--image PATH] [--moves 72] [--allocator epr]
+    python bench/app_latency.py [--card assets/<name>.json] [--image PATH] [--moves 72] [--allocator epr] [--json PATH]
 
 Measures, on one machine, in one run:
   upload      the first analysis of an image (decode, encode once, the batched 18-budget grid, latency timings)
@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import platform
 import shutil
 import socket
 import statistics
@@ -97,6 +98,24 @@ def sweep(moves: int) -> list[float]:
     return [cycle[i % len(cycle)] for i in range(1, moves + 1)]
 
 
+def measured_on() -> dict:
+    """Where and under what load a benchmark ran; the 1-minute load average before it says whether it was quiet."""
+    import torch
+    return dict(date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), machine=platform.machine(),
+                cpus=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
+                load_average_1min=round(os.getloadavg()[0], 2))
+
+
+def write_result(path: str | None, result: dict, script: str, argv: list[str] | None) -> None:
+    """Save a benchmark's numbers as JSON with its exact command: the README's app tables are generated from it."""
+    if not path:
+        return
+    command = " ".join(["python", f"bench/{script}", *(sys.argv[1:] if argv is None else argv)])
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(dict(result, command=command), indent=1) + "\n")
+    print(f"wrote {path}")
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))]
@@ -123,7 +142,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--allocator", default="epr")
     ap.add_argument("--moves", type=int, default=72)
     ap.add_argument("--api-calls", type=int, default=20, help="gradio_client round trips (0: skip)")
+    ap.add_argument("--json", help="also write the numbers here (e.g. assets/bench/app_latency_cpu.json)")
     args = ap.parse_args(argv)
+    env = measured_on()
 
     inf, name, model = use_card(*resolve_card(args.card))
     image = Path(args.image) if args.image else default_image()
@@ -131,7 +152,8 @@ def main(argv=None) -> dict:
     print(f"model  {model.card['model']}: {tuple(model.patch_embed.grid_size)} patches, {inf.DEVICE}, "
           f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
     print(f"image  {image}  allocator {args.allocator}  moves {args.moves}")
-    results = {}
+    results = dict(card=name, model=model.card["model"], image=image.name, allocator=args.allocator,
+                   moves=args.moves, **env)
 
     t = time.perf_counter()
     first = inf.analyze_image(str(image), name, args.allocator, 0.5, 0.5, inf.VIEW_EXPERTS, precompute=True)
@@ -188,6 +210,7 @@ def main(argv=None) -> dict:
           f"(target <= 50 ms: {verdict}); first analysis of the upload {results['upload_ms']:.0f} ms")
     print(f"readout of the upload: {first.details['tokens_per_expert']} at e_c 0.5, "
           f"{first.details['macs'] / 1e9:.3f} GMACs ({100 * first.details['macs_ratio']:.0f} % of dense)")
+    write_result(args.json, results, "app_latency.py", argv)
     return results
 
 

@@ -1,6 +1,6 @@
 """Load test: concurrent gradio_client API clients against the launched MoNE Explorer on 127.0.0.1.
 
-    python bench/load_test.py [--clients 8] [--seconds 60] [--url http://127.0.0.1:7860] [--card ...]
+    python bench/load_test.py [--clients 8] [--seconds 60] [--url http://127.0.0.1:7860] [--card ...] [--json PATH]
 
 Without --url it launches `python app/app.py` itself (on a free port, with $MONE_ASSETS pointing at the card's
 folder) and stops it afterwards. Each client loops over /analyze_image with a random example image, allocator and
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,13 +23,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from app_latency import REPO, default_image, pct, resolve_card  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from app_latency import REPO, default_image, free_port, measured_on, pct, resolve_card, write_result  # noqa: E402
 
 
 def wait_up(url: str, timeout: float = 120) -> None:
@@ -59,7 +52,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--card", default=None)
     ap.add_argument("--no-video", action="store_true")
+    ap.add_argument("--json", help="also write the numbers here (e.g. assets/bench/load_test_cpu.json)")
     args = ap.parse_args(argv)
+    env = measured_on()
 
     from gradio_client import Client, handle_file
 
@@ -127,18 +122,23 @@ def main(argv=None) -> int:
         server.wait(timeout=30)
 
     failures = [r for r in results if r[2]]
+    summary = dict(card=model, clients=args.clients, seconds=args.seconds, wall_s=round(wall, 1),
+                   requests=len(results), failed=len(failures), **env)
     print(f"requests {len(results)} in {wall:.1f} s ({len(results) / wall:.1f}/s), failed {len(failures)}")
     for kind in ("image", "video"):
         ms = [r[1] * 1e3 for r in results if r[0] == kind and not r[2]]
         if ms:
+            summary[kind] = dict(n=len(ms), p50_ms=statistics.median(ms), p95_ms=pct(ms, 95), max_ms=max(ms))
             print(f"  {kind:<6} n={len(ms):<5} p50 {statistics.median(ms):7.0f} ms   p95 {pct(ms, 95):7.0f} ms   "
                   f"max {max(ms):7.0f} ms")
     if server_ms:
+        summary["inside_analyze_image"] = dict(p50_ms=statistics.median(server_ms), p95_ms=pct(server_ms, 95))
         print(f"  inside analyze_image (details.server_ms): p50 {statistics.median(server_ms):.0f} ms, "
               f"p95 {pct(server_ms, 95):.0f} ms; the rest is queueing behind the one model slot, uploads, "
               "Gradio's processing and the clients themselves (same 2 cores)")
     for _, _, err in failures[:5]:
         print("  failure:", err)
+    write_result(args.json, summary, "load_test.py", argv)
     return 1 if failures else 0
 
 

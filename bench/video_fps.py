@@ -1,6 +1,7 @@
 """Video throughput of the MoNE Explorer: frames per second processed by /analyze_video's function.
 
     python bench/video_fps.py [--card assets/<name>.json] [--video assets/examples/bikes.mp4] [--frames 48]
+                              [--json PATH]
 
 For each budget it reports the frames per second through the model alone (batched forward, chunks of 16) and end to
 end (decode + sample + model + overlays + H.264 encode). Without a trained card in assets/ it times a randomly
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from app_latency import REPO, resolve_card, use_card  # noqa: E402
+from app_latency import REPO, measured_on, resolve_card, use_card, write_result  # noqa: E402
 
 
 def default_video() -> Path:
@@ -37,20 +38,26 @@ def main(argv=None) -> dict:
     ap.add_argument("--frames", type=int, default=48, help="frame cap (sampled evenly)")
     ap.add_argument("--allocator", default="epr")
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.25, 0.5, 1.0])
+    ap.add_argument("--json", help="also write the numbers here (e.g. assets/bench/video_fps_cpu.json)")
     args = ap.parse_args(argv)
+    env = measured_on()
     inf, name, model = use_card(*resolve_card(args.card))
     video = Path(args.video) if args.video else default_video()
     print(f"model  {model.card['model']}, {inf.DEVICE}; video {video.name}; cap {args.frames} frames")
     inf.analyze_video(str(video), name, args.allocator, 0.5, 0.5, 8)          # warm-up
-    out = {}
+    rows = []
     for b in args.budgets:
         t = time.perf_counter()
         r = inf.analyze_video(str(video), name, args.allocator, b, 0.5, args.frames)
         wall = time.perf_counter() - t
         d = r.details
-        out[b] = dict(frames=d["frames"], model_fps=d["model_fps"], total_fps=d["frames"] / wall, wall_s=wall)
+        rows.append(dict(effective_capacity=b, frames=d["frames"], model_fps=d["model_fps"],
+                         total_fps=d["frames"] / wall, wall_s=wall))
         print(f"  e_c {b:4.2f}: {d['frames']} frames in {wall:5.2f} s -> {d['frames'] / wall:6.1f} frames/s end to "
               f"end, {d['model_fps']:7.1f} frames/s through the model ({d['macs_per_frame'] / 1e9:.3f} GMACs/frame)")
+    out = dict(card=name, model=model.card["model"], video=video.name, frame_cap=args.frames,
+               allocator=args.allocator, rows=rows, **env)
+    write_result(args.json, out, "video_fps.py", argv)
     return out
 
 

@@ -322,6 +322,48 @@ def speed_table() -> list[str]:
     return rows
 
 
+def app_speed_table() -> list[str]:
+    """The app's latency, load test and video throughput as measured by `bench/app_latency.py`, `load_test.py` and
+    `video_fps.py` with `--json` (their exact commands and the machine's load before each run are in the files)."""
+    bench = ASSETS / "bench"
+    latency, load, video = (_load(bench / f"{name}_cpu.json") for name in ("app_latency", "load_test", "video_fps"))
+    rows = []
+    if latency:
+        where = (f"{latency['date'][:10]}, {latency['machine']}, {latency['cpus']} CPUs, {latency['torch_threads']} "
+                 f"torch threads, load average {latency['load_average_1min']} before the run")
+        rows += [f"Model `{latency['card']}` ({latency['model']}), `{latency['image']}`, {latency['allocator']}, "
+                 f"{latency['moves']} moves sweeping 0.15 → 1.00 → 0.15 (`{latency['command']}`; {where}):", "",
+                 "| | median | p95 |", "|---|---|---|",
+                 f"| slider move, event function | {latency['move_fn']['median']:.1f} ms | "
+                 f"{latency['move_fn']['p95']:.1f} ms |",
+                 f"| slider move, server side incl. Gradio postprocessing (`Blocks.process_api`) | "
+                 f"**{latency['move_server']['median']:.1f} ms** | {latency['move_server']['p95']:.1f} ms |",
+                 f"| first analysis of an upload (encode + batched 18-budget grid + timings) | "
+                 f"{latency['upload_ms']:.0f} ms | |"]
+        if "api_call" in latency:
+            rows.append(f"| `/analyze_image` round trip through gradio_client (uploads the image every call) | "
+                        f"{latency['api_call']['median']:.0f} ms | {latency['api_call']['p95']:.0f} ms |")
+    if latency and load and "image" in load:
+        rows.append(f"| load test, {load['clients']} concurrent gradio_client clients × {load['wall_s']:.0f} s "
+                    f"(`{load['command']}`; load average {load['load_average_1min']} before): {load['requests']} "
+                    f"requests, {load['failed']} failed; `/analyze_image` | {load['image']['p50_ms']:.0f} ms | "
+                    f"{load['image']['p95_ms']:.0f} ms |")
+        if "inside_analyze_image" in load:
+            rows += ["", f"In the load test the time inside `analyze_image` was "
+                     f"{load['inside_analyze_image']['p50_ms']:.0f} ms p50 (every call is a new upload); the rest is "
+                     "queueing behind the single model slot, uploads, Gradio and the clients themselves, all on the "
+                     "same machine."]
+    if video:
+        budgets = " / ".join(f"{r['effective_capacity']:g}" for r in video["rows"])
+        rows += ["" if rows else None,
+                 f"Video (`{video['command']}`; {video['video']}, {video['rows'][0]['frames']} frames, load average "
+                 f"{video['load_average_1min']} before): "
+                 + " / ".join(f"{r['total_fps']:.1f}" for r in video["rows"])
+                 + f" frames/s end to end (decode + model + overlays + H.264) at e_c {budgets}; "
+                 + " / ".join(f"{r['model_fps']:.0f}" for r in video["rows"]) + " frames/s through the model alone."]
+    return [row for row in rows if row is not None]
+
+
 # (curve of the shipped pair, the same pair retrained with another training seed, what it is); see `seed_table`
 SEED_REPEATS = [("curves/mone_vit_fmnist_convstem_cpu_isoflops.json",
                  "seeds/curves/mone_vit_fmnist_convstem_cpu_isoflops_seed1.json",
@@ -391,7 +433,9 @@ def report() -> str:
              ("### Training noise: the same pair with another seed (from `assets/seeds/curves/`)", seed_table()),
              ("### Training cost on this machine (from `assets/bench/train_cpu.json`)", train_cost_table()),
              ("### Trained on this machine (from the cards)", trained_here_table()),
-             ("### Speed (from `assets/bench/speed_*.json`)", speed_table())]
+             ("### Speed (from `assets/bench/speed_*.json`)", speed_table()),
+             ("### The app on this machine (from `assets/bench/{app_latency,load_test,video_fps}_cpu.json`)",
+              app_speed_table())]
     return "\n".join(f"{title}\n\n" + "\n".join(rows) + "\n" for title, rows in parts if rows).rstrip() + "\n"
 
 

@@ -114,3 +114,25 @@ def test_background_table_compares_all_with_and_without_the_overlaps(tmp_path, m
     assert report.background_table()[-1] == ("| Scenes X | 100 (80) | 70.0 / 72.0 / 60.0 | 71.0 / 75.0 / 55.0 | "
                                               "+1.0 / +3.0 | +8.0 / +9.0 | 90.0 / 30.0 | "
                                               "houses (10.0 %), fish (40.0 %) |")
+
+
+def test_app_speed_table_reads_the_bench_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "ASSETS", tmp_path)
+    assert report.app_speed_table() == []
+    (tmp_path / "bench").mkdir()
+    env = dict(date="2026-11-27T00:00:00Z", machine="x86_64", cpus=2, torch_threads=1, load_average_1min=0.1)
+    stats = dict(n=3, median=33.84, p95=37.0, max=40.0)
+    (tmp_path / "bench" / "app_latency_cpu.json").write_text(json.dumps(dict(
+        env, card="m", model="mone_x", image="a.jpg", allocator="epr", moves=3, move_fn=stats, move_server=stats,
+        upload_ms=804.4, command="python bench/app_latency.py --json x")))
+    (tmp_path / "bench" / "video_fps_cpu.json").write_text(json.dumps(dict(
+        env, video="b.mp4", command="python bench/video_fps.py", rows=[
+            dict(effective_capacity=0.25, frames=48, model_fps=107.2, total_fps=27.84),
+            dict(effective_capacity=1.0, frames=48, model_fps=79.0, total_fps=30.5)])))
+    rows = report.app_speed_table()
+    assert "| slider move, server side incl. Gradio postprocessing (`Blocks.process_api`) | **33.8 ms** | 37.0 ms |" \
+        in rows
+    assert "| first analysis of an upload (encode + batched 18-budget grid + timings) | 804 ms | |" in rows
+    assert not any("gradio_client" in row for row in rows)       # API call and load test not measured: no row
+    assert rows[-1].endswith("27.8 / 30.5 frames/s end to end (decode + model + overlays + H.264) at e_c 0.25 / 1; "
+                             "107 / 79 frames/s through the model alone.")
