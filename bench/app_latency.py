@@ -144,16 +144,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--api-calls", type=int, default=20, help="gradio_client round trips (0: skip)")
     ap.add_argument("--json", help="also write the numbers here (e.g. assets/bench/app_latency_cpu.json)")
     args = ap.parse_args(argv)
-    env = measured_on()
 
     inf, name, model = use_card(*resolve_card(args.card))
+    measured = measured_on()                        # after the app module has set its torch threads
     image = Path(args.image) if args.image else default_image()
     import torch
     print(f"model  {model.card['model']}: {tuple(model.patch_embed.grid_size)} patches, {inf.DEVICE}, "
           f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
     print(f"image  {image}  allocator {args.allocator}  moves {args.moves}")
     results = dict(card=name, model=model.card["model"], image=image.name, allocator=args.allocator,
-                   moves=args.moves, **env)
+                   moves=args.moves, **measured)
 
     t = time.perf_counter()
     first = inf.analyze_image(str(image), name, args.allocator, 0.5, 0.5, inf.VIEW_EXPERTS, precompute=True)

@@ -54,7 +54,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-video", action="store_true")
     ap.add_argument("--json", help="also write the numbers here (e.g. assets/bench/load_test_cpu.json)")
     args = ap.parse_args(argv)
-    env = measured_on()
+    measured = measured_on()
+    # the app runs in its own process with its own threads: record those, not this client process's
+    measured["torch_threads"] = None if args.url else int(os.environ.get("MONE_TORCH_THREADS", "1"))
 
     from gradio_client import Client, handle_file
 
@@ -123,7 +125,7 @@ def main(argv=None) -> int:
 
     failures = [r for r in results if r[2]]
     summary = dict(card=model, clients=args.clients, seconds=args.seconds, wall_s=round(wall, 1),
-                   requests=len(results), failed=len(failures), **env)
+                   requests=len(results), failed=len(failures), **measured)
     print(f"requests {len(results)} in {wall:.1f} s ({len(results) / wall:.1f}/s), failed {len(failures)}")
     for kind in ("image", "video"):
         ms = [r[1] * 1e3 for r in results if r[0] == kind and not r[2]]

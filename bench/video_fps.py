@@ -40,8 +40,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.25, 0.5, 1.0])
     ap.add_argument("--json", help="also write the numbers here (e.g. assets/bench/video_fps_cpu.json)")
     args = ap.parse_args(argv)
-    env = measured_on()
     inf, name, model = use_card(*resolve_card(args.card))
+    measured = measured_on()                        # after the app module has set its torch threads
     video = Path(args.video) if args.video else default_video()
     print(f"model  {model.card['model']}, {inf.DEVICE}; video {video.name}; cap {args.frames} frames")
     inf.analyze_video(str(video), name, args.allocator, 0.5, 0.5, 8)          # warm-up
@@ -56,7 +56,7 @@ def main(argv=None) -> dict:
         print(f"  e_c {b:4.2f}: {d['frames']} frames in {wall:5.2f} s -> {d['frames'] / wall:6.1f} frames/s end to "
               f"end, {d['model_fps']:7.1f} frames/s through the model ({d['macs_per_frame'] / 1e9:.3f} GMACs/frame)")
     out = dict(card=name, model=model.card["model"], video=video.name, frame_cap=args.frames,
-               allocator=args.allocator, rows=rows, **env)
+               allocator=args.allocator, rows=rows, **measured)
     write_result(args.json, out, "video_fps.py", argv)
     return out
 
