@@ -113,7 +113,7 @@ def test_background_table_compares_all_with_and_without_the_overlaps(tmp_path, m
     (tmp_path / "bench" / "background_split" / "m.json").write_text(json.dumps(data))
     assert report.background_table()[-1] == ("| Scenes X | 100 (80) | 70.0 / 72.0 / 60.0 | 71.0 / 75.0 / 55.0 | "
                                               "+1.0 / +3.0 | +8.0 / +9.0 | 90.0 / 30.0 | "
-                                              "houses (10.0 %), fish (40.0 %) |")
+                                              "houses (10.0 %), fish (40.0 %) | – |")
 
 
 def test_app_speed_table_reads_the_bench_files(tmp_path, monkeypatch):
