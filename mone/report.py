@@ -344,8 +344,8 @@ def app_speed_table() -> list[str]:
     latency, load, video = (_load(bench / f"{name}_cpu.json") for name in ("app_latency", "load_test", "video_fps"))
     rows = []
     if latency:
-        where = (f"{latency['date'][:10]}, {latency['machine']}, {latency['cpus']} CPUs, {latency['torch_threads']} "
-                 f"torch threads, load average {latency['load_average_1min']} before the run")
+        where = (f"{latency['date'][:10]}, {latency['machine']}, {latency['cpus']} CPUs, torch threads: "
+                 f"{latency['torch_threads']}, load average {latency['load_average_1min']} before the run")
         rows += [f"Model `{latency['card']}` ({latency['model']}), `{latency['image']}`, {latency['allocator']}, "
                  f"{latency['moves']} moves sweeping 0.15 → 1.00 → 0.15 (`{latency['command']}`; {where}):", "",
                  "| | median | p95 |", "|---|---|---|",
@@ -428,7 +428,7 @@ def train_cost_table() -> list[str]:
             "| card | trained on | train time there | CPU img/s here | images seen | est. hours here | ≤ 3 h |",
             "|---|---|---|---|---|---|---|"]
     rows += [f"| {r['card']} | {r['trained_on']} | {r['train_seconds']:.0f} s | {r['images_per_second']:.0f} | "
-             f"{r['images_seen']} | {r['estimated_hours']:.1f} | {'yes' if r['estimated_hours'] <= 3 else 'no'} |"
+             f"{r['images_seen']} | {r['estimated_hours']:.2f} | {'yes' if r['estimated_hours'] <= 3 else 'no'} |"
              for r in data["rows"]]
     return rows
 
