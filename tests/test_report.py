@@ -64,17 +64,22 @@ def test_targets_table_gives_each_gap_its_standard_error(tmp_path, monkeypatch):
         "| FM: MoNE e_c=0.3 above every MatViT point of ≥ its MACs (pt over the best) | -10.0 | 0.5 | no |"]
 
 
+def _write_seed_curve(path, dense_top1: float) -> None:
+    """A seed repeat's curve file: only dense differs between seeds."""
+    points = [dict(method="dense", effective_capacity=1.0, macs=100, top1=dense_top1),
+              dict(method="mone", effective_capacity=0.5, macs=50, top1=0.89),
+              dict(method="mone", effective_capacity=0.3, macs=30, top1=0.87),
+              dict(method="mone", effective_capacity=0.2, macs=20, top1=0.85),
+              dict(method="random_router", effective_capacity=0.2, macs=20, top1=0.80),
+              dict(method="matvit", effective_capacity=0.5, macs=50, top1=0.86)]
+    path.write_text(json.dumps(dict(images=10_000, points=points)))
+
+
 def test_seed_table_shows_each_seed_and_the_gaps(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "ASSETS", tmp_path)
     monkeypatch.setattr(report, "SEED_REPEATS", [("a.json", "b.json", "P")])
     for name, dense in (("a.json", 0.9), ("b.json", 0.88)):
-        points = [dict(method="dense", effective_capacity=1.0, macs=100, top1=dense),
-                  dict(method="mone", effective_capacity=0.5, macs=50, top1=0.89),
-                  dict(method="mone", effective_capacity=0.3, macs=30, top1=0.87),
-                  dict(method="mone", effective_capacity=0.2, macs=20, top1=0.85),
-                  dict(method="random_router", effective_capacity=0.2, macs=20, top1=0.80),
-                  dict(method="matvit", effective_capacity=0.5, macs=50, top1=0.86)]
-        (tmp_path / name).write_text(json.dumps(dict(images=10_000, points=points)))
+        _write_seed_curve(tmp_path / name, dense)
     rows = report.seed_table()
     assert rows[2] == "| P | 0 | 90.0 | 89.0 | 87.0 | +5.0 | -1.0 | -3.0 | +1.0 | 0.5 |"
     assert rows[3] == "| P | 1 | 88.0 | 89.0 | 87.0 | +5.0 | +1.0 | -1.0 | +1.0 | 0.5 |"
@@ -84,13 +89,7 @@ def test_seed_table_adds_mean_and_sample_sd_from_three_seeds(tmp_path, monkeypat
     monkeypatch.setattr(report, "ASSETS", tmp_path)
     monkeypatch.setattr(report, "SEED_REPEATS", [("a.json", "b.json", "c.json", "P")])
     for name, dense in (("a.json", 0.90), ("b.json", 0.88), ("c.json", 0.86)):
-        points = [dict(method="dense", effective_capacity=1.0, macs=100, top1=dense),
-                  dict(method="mone", effective_capacity=0.5, macs=50, top1=0.89),
-                  dict(method="mone", effective_capacity=0.3, macs=30, top1=0.87),
-                  dict(method="mone", effective_capacity=0.2, macs=20, top1=0.85),
-                  dict(method="random_router", effective_capacity=0.2, macs=20, top1=0.80),
-                  dict(method="matvit", effective_capacity=0.5, macs=50, top1=0.86)]
-        (tmp_path / name).write_text(json.dumps(dict(images=10_000, points=points)))
+        _write_seed_curve(tmp_path / name, dense)
     # dense 90, 88, 86: mean 88, sample s.d. 2; MoNE 0.5 − dense -1, +1, +3: mean +1, s.d. 2
     assert report.seed_table()[-1] == ("| P | mean ± s.d. of 3 | 88.0 ± 2.0 | 89.0 ± 0.0 | 87.0 ± 0.0 | "
                                        "+5.0 ± 0.0 | +1.0 ± 2.0 | -1.0 ± 2.0 | +1.0 ± 0.0 | – |")
