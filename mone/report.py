@@ -274,6 +274,7 @@ def allocators_table() -> list[str]:
         data = _load(path)
         results = [r for r in data["results"] if r["split"] == "mone"]
         budgets = sorted({r["effective_capacity"] for r in results})
+        rows += [""] if rows else []                # one card's tables after another's
         rows += [f"`{Path(data['card']).name}`, capacity split of the paper, test top-1 (%):", "",
                  "| allocator | " + " | ".join(f"e_c={b:g}" for b in budgets) + " |",
                  "|---|" + "---|" * len(budgets)]

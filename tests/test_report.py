@@ -135,3 +135,19 @@ def test_app_speed_table_reads_the_bench_files(tmp_path, monkeypatch):
     assert not any("gradio_client" in row for row in rows)       # API call and load test not measured: no row
     assert rows[-1].endswith("27.8 / 30.5 frames/s end to end (decode + model + overlays + H.264) at e_c 0.25 / 1; "
                              "107 / 79 frames/s through the model alone.")
+
+
+def test_allocators_table_gives_each_card_its_own_tables(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "ASSETS", tmp_path)
+    (tmp_path / "routers").mkdir()
+    for name, epr in (("a", 0.9), ("b", 0.8)):
+        results = [dict(split="mone", allocator="epr", effective_capacity=0.3, accuracy=epr),
+                   dict(split="mone", allocator="random", effective_capacity=0.3, accuracy=0.5),
+                   dict(split="uniform", allocator="epr", effective_capacity=0.3, accuracy=0.7)]
+        (tmp_path / "routers" / f"mone_allocators_{name}.json").write_text(
+            json.dumps(dict(card=f"assets/{name}.json", results=results)))
+    rows = report.allocators_table()
+    assert rows[:6] == ["`a.json`, capacity split of the paper, test top-1 (%):", "",
+                        "| allocator | e_c=0.3 |", "|---|---|", "| epr | 90.0 |", "| random | 50.0 |"]
+    assert rows[-14:-12] == ["", "`b.json`, capacity split of the paper, test top-1 (%):"]   # a blank line between
+    assert rows[-2:] == ["| mone | 80.0 |", "| uniform | 70.0 |"]
