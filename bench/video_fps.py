@@ -59,8 +59,9 @@ def main(argv=None) -> dict:
         wall = statistics.median(walls)
         rows.append(dict(effective_capacity=b, frames=d["frames"], model_fps=statistics.median(model_fps),
                          total_fps=d["frames"] / wall, wall_s=wall, repeats=args.repeats))
-        print(f"  e_c {b:4.2f}: {d['frames']} frames in {wall:5.2f} s (median of {args.repeats}) -> {d['frames'] / wall:6.1f} frames/s end to "
-              f"end, {rows[-1]['model_fps']:7.1f} frames/s through the model ({d['macs_per_frame'] / 1e9:.3f} GMACs/frame)")
+        print(f"  e_c {b:4.2f}: {d['frames']} frames in {wall:5.2f} s (median of {args.repeats}) -> "
+              f"{d['frames'] / wall:6.1f} frames/s end to end, {rows[-1]['model_fps']:7.1f} frames/s through the model "
+              f"({d['macs_per_frame'] / 1e9:.3f} GMACs/frame)")
     out = dict(card=name, model=model.card["model"], video=video.name, frame_cap=args.frames,
                allocator=args.allocator, rows=rows, **measured)
     write_result(args.json, out, "video_fps.py", argv)
