@@ -372,9 +372,8 @@ def app_speed_table() -> list[str]:
     if video:
         budgets = " / ".join(f"{r['effective_capacity']:g}" for r in video["rows"])
         rows += ["" if rows else None,
-                 f"Video (`{video['command']}`; {video['video']}, {video['rows'][0]['frames']} frames"
-                 f"{', median of %d runs' % video['rows'][0]['repeats'] if 'repeats' in video['rows'][0] else ''}, load average "
-                 f"{video['load_average_1min']} before): "
+                 f"Video (`{video['command']}`; {video['video']}, {video['rows'][0]['frames']} frames, median of "
+                 f"{video['rows'][0]['repeats']} runs, load average {video['load_average_1min']} before): "
                  + " / ".join(f"{r['total_fps']:.1f}" for r in video["rows"])
                  + f" frames/s end to end (decode + model + overlays + H.264) at e_c {budgets}; "
                  + " / ".join(f"{r['model_fps']:.0f}" for r in video["rows"]) + " frames/s through the model alone."]
