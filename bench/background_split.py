@@ -3,10 +3,11 @@
     python bench/background_split.py --card assets/mone_vit_scenes_isoflops.json \
         --dense-card assets/dense_vit_scenes.json --json assets/bench/background_split/mone_vit_scenes_isoflops.json
 
-The `test` split is meant to hold backgrounds never seen in training, but two of its eleven sources overlap training
-(`mone.data.scenes.TEST_BACKGROUND_OVERLAPS`): `opencv:box` is the object inside the training photo
-`opencv:box_in_scene`, and `opencv:home` has birds, a class, in its sky. Retraining without them is the real fix; this
-measures how much they move the numbers the targets use, on the same test images as the curve file (the first
+The `test` split is meant to hold backgrounds never seen in training, but in data version 1 two of its eleven
+sources overlap training (`mone.data.scenes.TEST_BACKGROUND_OVERLAPS`): `opencv:box` is the object inside the training
+photo `opencv:box_in_scene`, and `opencv:home` has birds, a class, in its sky. Data version 2 (`--scenes-version 2`)
+is the real fix, for models trained on it; for version-1 models this measures how much they move the numbers the
+targets use, on the same test images as the curve file (the first
 `images` of the split): every image's background source is read from the generator's draws, and the MoNE model
 (learned router at e_c 0.2 / 0.3 / 0.5, random router at 0.2) and the dense baseline are scored per source, then
 on all images, on the clean sources only and on the overlapping ones only.
@@ -28,7 +29,7 @@ from mone.checkpoint import read_card  # noqa: E402
 from mone.data import ScenesDataset  # noqa: E402
 from mone.data.scenes import TEST_BACKGROUND_OVERLAPS  # noqa: E402
 from mone.evaluate import RANDOM_SEED  # noqa: E402
-from mone.train import gather, split_batches, standardize, to_unit  # noqa: E402
+from mone.train import card_batches, gather, scenes_version, standardize, to_unit  # noqa: E402
 
 LEARNED_CAPACITIES = (0.2, 0.3, 0.5)     # the budgets the targets read
 RANDOM_CAPACITY = 0.2                   # "learned router >= 3 pt above random at e_c 0.2"
@@ -78,13 +79,15 @@ def main(argv=None) -> None:
     card = read_card(args.card)
     if card["data"]["dataset"] != "scenes":
         raise SystemExit(f"{args.card} is not a Scenes model: backgrounds exist only there")
+    if scenes_version(card) != 1:
+        raise SystemExit(f"{args.card} was trained on Scenes data version {scenes_version(card)}, whose test "
+                         f"backgrounds do not overlap training: there is nothing to split")
     curve_path = Path(args.curve or Path(args.card).parent / "curves" / Path(args.card).name)
     curve = json.loads(curve_path.read_text())
     n = curve["images"] if curve["split"] == args.split else curve["splits"][args.split]["images"]
     model, dense = mone.load_model(args.card), mone.load_model(args.dense_card)
     data, pre = card["data"], card["preprocess"]
-    images, labels, _ = gather(split_batches("scenes", args.split, range(n), pre["image_size"], data.get("seed", 0),
-                                             args.workers, args.pack))
+    images, labels, _ = gather(card_batches(card, args.split, n, args.workers, args.pack))
     x = standardize(to_unit(images, pre["image_size"]), torch.tensor(pre["mean"]), torch.tensor(pre["std"]))
     predicted = predictions(model, dense, x, args.batch_size)
 

@@ -47,15 +47,14 @@ from mone.capacity import capacity_distribution, tokens_per_expert  # noqa: E402
 from mone.checkpoint import read_card  # noqa: E402
 from mone.data import patch_object_fraction  # noqa: E402
 from mone.evaluate import OBJECT_PATCH  # noqa: E402
-from mone.train import gather, split_batches, standardize, to_unit  # noqa: E402
+from mone.train import card_batches, gather, standardize, to_unit  # noqa: E402
 
 CAPACITIES = (0.25, 0.3, 0.4, 0.5)                # at e_c <= 0.2 the largest expert gets no token (N = 144)
 
 
 def load_split(card: dict, split: str, n: int, workers: int, pack: str | None):
     data, pre = card["data"], card["preprocess"]
-    images, _, masks = gather(split_batches(data["dataset"], split, range(n), pre["image_size"],
-                                            data.get("seed", 0), workers, pack))
+    images, _, masks = gather(card_batches(card, split, n, workers, pack))
     if masks is None:
         raise SystemExit(f"{data['dataset']} has no object masks: this benchmark needs Scenes")
     mean, std = torch.tensor(pre["mean"]), torch.tensor(pre["std"])

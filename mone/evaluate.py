@@ -33,7 +33,8 @@ import mone
 from mone.capacity import width_fractions
 from mone.data import patch_object_fraction
 from mone.models import MoNEVisionTransformer
-from mone.train import dataset_info, default_size, gather, git_commit, now, split_batches, standardize, to_unit
+from mone.train import (card_batches, dataset_info, default_size, gather, git_commit, now, scenes_version, standardize,
+                        to_unit)
 
 GRID = tuple(round(0.15 + 0.05 * i, 2) for i in range(18))   # 0.15, 0.20, …, 1.00
 RANDOM_SEED = 0                                               # the random allocator's generator, per budget
@@ -65,8 +66,7 @@ def score_split(model: torch.nn.Module, dense: torch.nn.Module | None, card: dic
     """Points (and object precision where the data has masks) of every run on one split."""
     data, pre = card["data"], card["preprocess"]
     n = min(limit or default_size(data["dataset"], split), default_size(data["dataset"], split))
-    images, labels, masks = gather(split_batches(data["dataset"], split, range(n), pre["image_size"],
-                                                 data.get("seed", 0), workers, pack))
+    images, labels, masks = gather(card_batches(card, split, n, workers, pack))
     mean, std = torch.tensor(pre["mean"], device=device), torch.tensor(pre["std"], device=device)
     runs = runs_for(model, dense)
     # counts stay on the device until the end: no host sync per batch
@@ -234,6 +234,9 @@ def evaluate(card_path: str | Path, dense_card: str | Path | None = None, splits
             if ours != theirs:
                 raise ValueError(f"{dense_card} does not match {card_path}: {section}.{key} is {theirs!r} there, "
                                  f"{ours!r} here")
+        if card["data"]["dataset"] == "scenes" and scenes_version(card) != scenes_version(dense.card):
+            raise ValueError(f"{dense_card} does not match {card_path}: Scenes data version "
+                             f"{scenes_version(dense.card)} there, {scenes_version(card)} here")
     splits = list(splits or dataset_info(card["data"]["dataset"])["eval_splits"])
     results = [score_split(model, dense, card, s, limit, batch_size, device, workers, scenes_pack) for s in splits]
     out_dir = Path(out_dir)

@@ -88,6 +88,9 @@ class TrainConfig:
     val_size: int = 0                           # > 0: score N validation images after each epoch instead of the test
                                                 # split (keeps the test split out of every choice; see VAL_OFFSET)
     data_seed: int = 0                          # generator seed of Scenes / synthetic (the split, not the training)
+    scenes_version: int = 1                     # Scenes backgrounds per split (mone.data.scenes.DATA_VERSIONS): 2 has
+                                                # no test background that overlaps training; 1 is what the shipped
+                                                # Scenes cards were trained on, so their commands still reproduce
     scenes_pack: str | None = None              # Scenes source pack; None: $MONE_SCENES_PACK or the cache
     workers: int = 4                            # Scenes generator processes (0: generate in this process)
     augment: bool = True                        # the per-dataset recipe in AUGMENT; off only for debugging
@@ -192,7 +195,7 @@ def synthetic_items(split: str, indices: Sequence[int], image_size: int, seed: i
 
 
 def split_batches(dataset: str, split: str, indices: Sequence[int], image_size: int, seed: int = 0,
-                  workers: int = 0, pack: str | None = None) -> Iterator[tuple]:
+                  workers: int = 0, pack: str | None = None, scenes_version: int = 1) -> Iterator[tuple]:
     """Batches (uint8 images (B,C,H,W), int64 labels (B,), bool masks (B,H,W) or None) of the chosen items.
 
     Returned as a started iterator: Scenes generator processes are forked here, in the calling thread, so that the
@@ -207,9 +210,22 @@ def split_batches(dataset: str, split: str, indices: Sequence[int], image_size: 
         return iter([synthetic_items(split, indices, image_size, seed)])
     if dataset == "scenes":
         from mone.data import ScenesDataset
-        ds = ScenesDataset(split, max(indices) + 1, image_size=image_size, seed=seed, pack_path=pack)
+        ds = ScenesDataset(split, max(indices) + 1, image_size=image_size, seed=seed, pack_path=pack,
+                           version=scenes_version)
         return iter(DataLoader(Subset(ds, list(indices)), batch_size=256, num_workers=workers))
     raise ValueError(f"unknown dataset {dataset!r}")
+
+
+def scenes_version(card: dict) -> int:
+    """The Scenes data version a card's model was trained on (cards from before versions existed: 1)."""
+    return card["data"].get("generator", {}).get("version", 1)
+
+
+def card_batches(card: dict, split: str, n: int, workers: int = 0, pack: str | None = None) -> Iterator[tuple]:
+    """`split_batches` of the first n images of `split`, generated the way the card's training data was."""
+    data = card["data"]
+    return split_batches(data["dataset"], split, range(n), card["preprocess"]["image_size"], data.get("seed", 0),
+                         workers, pack, scenes_version(card))
 
 
 def gather(batches: Iterator[tuple], cancel: threading.Event | None = None) -> tuple | None:
@@ -448,7 +464,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
     loader, cancel = ThreadPoolExecutor(1), threading.Event()   # drains generator processes in the background
 
     def load(split: str, indices: Sequence[int]) -> Future:
-        batches = split_batches(cfg.dataset, split, indices, image_size, cfg.data_seed, cfg.workers, cfg.scenes_pack)
+        batches = split_batches(cfg.dataset, split, indices, image_size, cfg.data_seed, cfg.workers, cfg.scenes_pack,
+                                cfg.scenes_version)
         return loader.submit(gather, batches, cancel)
 
     def epoch_indices(epoch: int) -> range:
@@ -621,8 +638,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
                     augment=recipe if cfg.augment else None)
         if cfg.dataset == "scenes":
             from mone.data.scenes import OBJECT_AREA, PACK_NAME
-            data["generator"] = dict(module="mone.data.scenes", pack=PACK_NAME, seed=cfg.data_seed,
-                                     image_size=image_size, object_area=OBJECT_AREA)
+            data["generator"] = dict(module="mone.data.scenes", pack=PACK_NAME, version=cfg.scenes_version,
+                                     seed=cfg.data_seed, image_size=image_size, object_area=OBJECT_AREA)
         card = dict(
             model=cfg.model, model_kwargs=model_kwargs,
             preprocess=dict(image_size=image_size, in_chans=info["channels"], mean=list(info["mean"]),

@@ -187,6 +187,38 @@ def test_scenes_source_of_without_rendering(pack_path, pack):
     assert set(scenes.TEST_BACKGROUND_OVERLAPS) <= test_names
 
 
+def test_scenes_data_versions(pack_path, pack):
+    """Version 1 is the pack's split column; version 2 moves box_in_scene to test with the box and drops home."""
+    assert pack.source_splits(1) == pack.source_split.tolist()
+    v2 = dict(zip(pack.source_names, pack.source_splits(2)))
+    assert v2["opencv:box_in_scene"] == v2["opencv:box"] == scenes.SPLITS["test"] and v2["opencv:home"] is None
+    changed = {n for n, a, b in zip(pack.source_names, pack.source_splits(1), pack.source_splits(2)) if a != b}
+    assert changed == {"opencv:box_in_scene", "opencv:home"}
+    assert list(v2.values()).count(0) == 22 and list(v2.values()).count(1) == 11
+    with pytest.raises(ValueError, match="unknown Scenes data version 3"):
+        scenes.ScenesDataset("train", 10, pack_path=pack_path, version=3)
+    for split in ("train", "test", "test_instances"):
+        names = {scenes.ScenesDataset(split, 400, image_size=32, pack_path=pack_path, version=2).source_of(i)
+                 for i in range(400)}
+        assert "opencv:home" not in names
+        assert ("opencv:box_in_scene" in names) == (split != "train")
+        assert all(v2[n] == (0 if split == "train" else 1) for n in names)
+    # version 1 still draws home and box_in_scene where it always did (the shipped cards' data is unchanged)
+    v1_test = {scenes.ScenesDataset("test", 400, pack_path=pack_path).source_of(i) for i in range(400)}
+    assert "opencv:home" in v1_test and "opencv:box_in_scene" not in v1_test
+
+
+def test_card_batches_generate_the_cards_data_version(pack_path):
+    from mone.train import card_batches, gather
+
+    card = {"data": {"dataset": "scenes", "seed": 0, "generator": {"version": 2}}, "preprocess": {"image_size": 32}}
+    images, labels, masks = gather(card_batches(card, "test", 6, pack=str(pack_path)))
+    ds = scenes.ScenesDataset("test", 6, image_size=32, pack_path=pack_path, version=2)
+    assert all(torch.equal(images[i], ds[i][0]) and labels[i] == ds[i][1] for i in range(6))
+    v1 = scenes.ScenesDataset("test", 6, image_size=32, pack_path=pack_path)
+    assert not all(torch.equal(images[i], v1[i][0]) for i in range(6))
+
+
 def test_scenes_object_area(pack_path):
     ds = scenes.ScenesDataset("train", 300, image_size=96, pack_path=pack_path)
     areas = np.array([ds.generate(i)[2].mean() for i in range(300)])

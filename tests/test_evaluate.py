@@ -74,3 +74,17 @@ def test_a_dense_card_prepared_differently_is_refused(cards):
     other.write_text(json.dumps(card))
     with pytest.raises(ValueError, match="preprocess.mean"):
         evaluate(cards["mone"], other, limit=4, batch_size=4, device="cpu", out_dir=cards["mone"].parent / "x")
+
+
+def test_a_dense_card_on_another_scenes_data_version_is_refused(cards):
+    def as_scenes(path, version):
+        card = json.loads(path.read_text())
+        card["data"]["dataset"] = "scenes"
+        card["data"]["generator"] = {"version": version} if version else {}     # no field: a version-1 card
+        out = path.with_name(f"{path.stem}_scenes_v{version}.json")
+        out.write_text(json.dumps(card))
+        return out
+
+    with pytest.raises(ValueError, match="Scenes data version 1 there, 2 here"):
+        evaluate(as_scenes(cards["mone"], 2), as_scenes(cards["dense"], None), limit=4, batch_size=4, device="cpu",
+                 out_dir=cards["mone"].parent / "x")
