@@ -99,10 +99,13 @@ def on_model_info(model):
     entry = inf.get_entry(model)
     card, pre = entry.card, entry.card["preprocess"]
     data = card.get("data", {}).get("dataset") if isinstance(card.get("data"), dict) else None
+    trained_on = f" · trained on **{data}**" if data else ""
+    if data == "scenes":        # which test backgrounds are unseen depends on the version (mone.data.scenes)
+        trained_on += f" (data version {mone.scenes_version(card)})"
     classes = ", ".join(entry.classes[:12]) + (" ..." if len(entry.classes) > 12 else "")
     curve = "curve file found" if inf.load_curve(entry) else "no curve file"
-    return (f"`{card['model']}` · {pre['image_size']} px, {pre.get('in_chans', 3)} channel(s)"
-            + (f" · trained on **{data}**" if data else "") + f" · classes: {classes} · {curve}")
+    return (f"`{card['model']}` · {pre['image_size']} px, {pre.get('in_chans', 3)} channel(s){trained_on}"
+            f" · classes: {classes} · {curve}")
 
 
 # ----------------------------------------------------------------------------------------------------- the page

@@ -29,7 +29,7 @@ from mone.checkpoint import read_card  # noqa: E402
 from mone.data import ScenesDataset  # noqa: E402
 from mone.data.scenes import TEST_BACKGROUND_OVERLAPS  # noqa: E402
 from mone.evaluate import RANDOM_SEED  # noqa: E402
-from mone.train import card_batches, gather, scenes_version, standardize, to_unit  # noqa: E402
+from mone.train import card_batches, gather, standardize, to_unit  # noqa: E402
 
 LEARNED_CAPACITIES = (0.2, 0.3, 0.5)     # the budgets the targets read
 RANDOM_CAPACITY = 0.2                   # "learned router >= 3 pt above random at e_c 0.2"
@@ -79,8 +79,8 @@ def main(argv=None) -> None:
     card = read_card(args.card)
     if card["data"]["dataset"] != "scenes":
         raise SystemExit(f"{args.card} is not a Scenes model: backgrounds exist only there")
-    if scenes_version(card) != 1:
-        raise SystemExit(f"{args.card} was trained on Scenes data version {scenes_version(card)}, whose test "
+    if mone.scenes_version(card) != 1:
+        raise SystemExit(f"{args.card} was trained on Scenes data version {mone.scenes_version(card)}, whose test "
                          f"backgrounds do not overlap training: there is nothing to split")
     curve_path = Path(args.curve or Path(args.card).parent / "curves" / Path(args.card).name)
     curve = json.loads(curve_path.read_text())

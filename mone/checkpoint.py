@@ -30,6 +30,12 @@ def read_card(card_path: str | Path) -> dict:
     return card
 
 
+def scenes_version(card: dict) -> int:
+    """The Scenes data version a card's model was trained on (`mone.data.scenes.DATA_VERSIONS`; cards from before
+    versions existed: 1)."""
+    return card["data"].get("generator", {}).get("version", 1)
+
+
 def save_weights(model: torch.nn.Module, path: str | Path, dtype: torch.dtype = torch.float32) -> None:
     """State dict to safetensors (contiguous copies, optionally cast, e.g. to fp16 to stay under 25 MB)."""
     tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()

@@ -33,8 +33,7 @@ import mone
 from mone.capacity import width_fractions
 from mone.data import patch_object_fraction
 from mone.models import MoNEVisionTransformer
-from mone.train import (card_batches, dataset_info, default_size, gather, git_commit, now, scenes_version, standardize,
-                        to_unit)
+from mone.train import card_batches, dataset_info, default_size, gather, git_commit, now, standardize, to_unit
 
 GRID = tuple(round(0.15 + 0.05 * i, 2) for i in range(18))   # 0.15, 0.20, …, 1.00
 RANDOM_SEED = 0                                               # the random allocator's generator, per budget
@@ -234,9 +233,9 @@ def evaluate(card_path: str | Path, dense_card: str | Path | None = None, splits
             if ours != theirs:
                 raise ValueError(f"{dense_card} does not match {card_path}: {section}.{key} is {theirs!r} there, "
                                  f"{ours!r} here")
-        if card["data"]["dataset"] == "scenes" and scenes_version(card) != scenes_version(dense.card):
+        if card["data"]["dataset"] == "scenes" and mone.scenes_version(card) != mone.scenes_version(dense.card):
             raise ValueError(f"{dense_card} does not match {card_path}: Scenes data version "
-                             f"{scenes_version(dense.card)} there, {scenes_version(card)} here")
+                             f"{mone.scenes_version(dense.card)} there, {mone.scenes_version(card)} here")
     splits = list(splits or dataset_info(card["data"]["dataset"])["eval_splits"])
     results = [score_split(model, dense, card, s, limit, batch_size, device, workers, scenes_pack) for s in splits]
     out_dir = Path(out_dir)

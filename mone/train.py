@@ -216,16 +216,11 @@ def split_batches(dataset: str, split: str, indices: Sequence[int], image_size: 
     raise ValueError(f"unknown dataset {dataset!r}")
 
 
-def scenes_version(card: dict) -> int:
-    """The Scenes data version a card's model was trained on (cards from before versions existed: 1)."""
-    return card["data"].get("generator", {}).get("version", 1)
-
-
 def card_batches(card: dict, split: str, n: int, workers: int = 0, pack: str | None = None) -> Iterator[tuple]:
     """`split_batches` of the first n images of `split`, generated the way the card's training data was."""
     data = card["data"]
     return split_batches(data["dataset"], split, range(n), card["preprocess"]["image_size"], data.get("seed", 0),
-                         workers, pack, scenes_version(card))
+                         workers, pack, mone.scenes_version(card))
 
 
 def gather(batches: Iterator[tuple], cancel: threading.Event | None = None) -> tuple | None:

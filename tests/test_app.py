@@ -652,3 +652,15 @@ def test_api_analyze_video(client, clip, tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(AppError, match=re.escape("empty (0 bytes)")):
         client.predict(handle_file(str(empty)), "tiny", "epr", 0.5, 0.5, 16, api_name="/analyze_video")
+
+
+def test_model_info_names_the_scenes_data_version(app_module, inf, tmp_path):
+    write_card(tmp_path, "tiny_v1")
+    card = json.loads((tmp_path / "tiny_v1.json").read_text())
+    card["data"] = {"dataset": "scenes"}                                # a card from before data versions: 1
+    (tmp_path / "tiny_v1.json").write_text(json.dumps(card))
+    card["data"] = {"dataset": "scenes", "generator": {"version": 2}}
+    (tmp_path / "tiny_v2.json").write_text(json.dumps(card))
+    with use_assets(tmp_path):
+        assert "trained on **scenes** (data version 1) · classes" in app_module.on_model_info("tiny_v1")
+        assert "trained on **scenes** (data version 2) · classes" in app_module.on_model_info("tiny_v2")
