@@ -7,10 +7,10 @@ The `test` split is meant to hold backgrounds never seen in training, but in dat
 sources overlap training (`mone.data.scenes.TEST_BACKGROUND_OVERLAPS`): `opencv:box` is the object inside the training
 photo `opencv:box_in_scene`, and `opencv:home` has birds, a class, in its sky. Data version 2 (`--scenes-version 2`)
 is the real fix, for models trained on it; for version-1 models this measures how much they move the numbers the
-targets use, on the same test images as the curve file (the first
-`images` of the split): every image's background source is read from the generator's draws, and the MoNE model
-(learned router at e_c 0.2 / 0.3 / 0.5, random router at 0.2) and the dense baseline are scored per source, then
-on all images, on the clean sources only and on the overlapping ones only.
+targets use, on the same test images as the curve file (the first `images` of the split): every image's background
+source is read from the generator's draws, and the MoNE model (learned router at e_c 0.2 / 0.3 / 0.5, random router
+at 0.2) and the dense baseline are scored per source, then on all images, on the clean sources only and on the
+overlapping ones only.
 """
 from __future__ import annotations
 
