@@ -682,9 +682,10 @@ def _outline(img: np.ndarray, mask: np.ndarray, color=(255, 0, 255)) -> np.ndarr
 
 
 def preview(out: str | os.PathLike, split: str = "train", rows: int = 6, cols: int = 8, image_size: int = 96,
-            seed: int = 0, start: int = 0, outline: bool = True, pack_path=None) -> Path:
+            seed: int = 0, start: int = 0, outline: bool = True, pack_path=None, version: int = 1) -> Path:
     """Write a grid of samples (with mask outlines and class names) to a PNG."""
-    ds = ScenesDataset(split, rows * cols + start, image_size=image_size, seed=seed, pack_path=pack_path)
+    ds = ScenesDataset(split, rows * cols + start, image_size=image_size, seed=seed, pack_path=pack_path,
+                       version=version)
     pad, lab = 2, 12
     tile_h, tile_w = image_size + lab + pad, image_size + pad
     grid = np.full((rows * tile_h, cols * tile_w, 3), 255, np.uint8)
@@ -818,6 +819,7 @@ def main(argv=None) -> None:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--start", type=int, default=0)
     a.add_argument("--no-outline", action="store_true")
+    a.add_argument("--version", type=int, default=LATEST_DATA_VERSION, help="data version (see DATA_VERSIONS)")
     a = sub.add_parser("examples", help="write the app's example files")
     a.add_argument("--out", default="assets/examples")
     a.add_argument("--image-size", type=int, default=192)
@@ -838,7 +840,7 @@ def main(argv=None) -> None:
         print(json.dumps(SourcePack(out).summary(), indent=1))
     elif args.cmd == "preview":
         print(preview(args.out, args.split, args.rows, args.cols, args.image_size, args.seed, args.start,
-                      not args.no_outline, pack_path=args.pack))
+                      not args.no_outline, pack_path=args.pack, version=args.version))
     elif args.cmd == "examples":
         for p in write_examples(args.out, image_size=args.image_size, pack_path=args.pack):
             print(p)
