@@ -28,6 +28,8 @@ CURVES = [("mone_vit_fmnist", "Fashion-MNIST, equal epochs", "fashion_mnist"),
           ("mone_vit_scenes_isoflops", "Scenes, isoFLOPs (MoNE gets dense's training MACs)", "scenes"),
           ("mone_vit_scenes_cpu_isoflops", "Scenes, isoFLOPs, trained on this CPU", "scenes"),
           ("mone_vit_scenes_convstem_cpu_isoflops", "Scenes, conv stem, isoFLOPs, trained on this CPU", "scenes"),
+          ("mone_vit_scenes_v2_convstem_cpu_isoflops",
+           "Scenes data v2 (no test background overlaps training), conv stem, isoFLOPs, trained on this CPU", "scenes"),
           ("mone_vit_scenes_160", "Scenes 160 px, equal epochs", "scenes")]
 
 
