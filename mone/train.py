@@ -476,6 +476,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
     step, seconds_before, history = 0, 0.0, []
     if cfg.resume and (out_dir / "ckpt.json").exists():
         meta = load_checkpoint(out_dir, model, opt)
+        # a field added to TrainConfig after the checkpoint was written has its default there (e.g. scenes_version)
+        meta["config"] = {**comparable(TrainConfig()), **meta["config"]}
         if meta["config"] != comparable(cfg) or meta["world_size"] != world:
             raise ValueError(f"resume with a different config or world size than {out_dir / 'ckpt.json'}: "
                              f"{meta['config']} (world {meta['world_size']}) vs {comparable(cfg)} (world {world})")

@@ -63,6 +63,10 @@ def test_resume_continues_exactly(tmp_path):
     assert json.loads((tmp_path / "resumed" / "ckpt.json").read_text())["step"] == 3
     with pytest.raises(ValueError, match="different config"):
         run(tmp_path / "resumed", *args, "--lr", "5e-4", "--resume")
+    ckpt = tmp_path / "resumed" / "ckpt.json"                                 # a checkpoint from before a field
+    meta = json.loads(ckpt.read_text())                                      # existed resumes with its default
+    del meta["config"]["scenes_version"]
+    ckpt.write_text(json.dumps(meta))
     run(tmp_path / "resumed", *args, "--resume", "--stop-at-step", "4")      # interrupted before an epoch's eval
     run(tmp_path / "resumed", *args, "--resume")
     final = [load_file(str(next((tmp_path / name).glob("ckpt-*.safetensors")))) for name in ("straight", "resumed")]
