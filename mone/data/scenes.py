@@ -411,6 +411,7 @@ class SourcePack:
         return splits
 
     def summary(self, version: int = 1) -> dict:
+        splits = self.source_splits(version)
         per_class = {
             name: {"instances": int((self.stamp_class == c).sum()),
                    "held_out": int(((self.stamp_class == c) & self.stamp_heldout).sum())}
@@ -420,8 +421,8 @@ class SourcePack:
             "path": str(self.path), "size_mb": round(self.path.stat().st_size / 1e6, 2),
             "stamps": len(self.stamps), "backgrounds": len(self.backgrounds), "classes": per_class,
             "data_version": version,
-            "train_sources": [n for n, s in zip(self.source_names, self.source_splits(version)) if s == 0],
-            "test_sources": [n for n, s in zip(self.source_names, self.source_splits(version)) if s == 1],
+            "train_sources": [n for n, s in zip(self.source_names, splits) if s == SPLITS["train"]],
+            "test_sources": [n for n, s in zip(self.source_names, splits) if s == SPLITS["test"]],
         }
 
 
