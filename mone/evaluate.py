@@ -13,8 +13,10 @@ tokens given to the largest expert, against the object-area share (the fraction 
 random allocator's precision. Scenes are scored on `test` and, separately, on `test_instances` (unseen objects).
 
 Writes <out-dir>/<card name>.json, {"model", "card", "split", "points": [{"method", "effective_capacity", "macs",
-"top1", …}], "object_precision": […], "splits": {other split: {…}}}, and <out-dir>/<card name>.png, and puts the
-headline numbers into the card's `evaluation` field.
+"top1", …}], "object_precision": […], "splits": {other split: {…}}, "outcomes": file}, <out-dir>/<card name>.png,
+and <out-dir>/<card name>.outcomes.safetensors: every point's per-image right/wrong (`read_outcomes`), from which a
+gap between two points on the same images gets its paired standard error. Puts the headline numbers into the card's
+`evaluation` field.
 """
 from __future__ import annotations
 
@@ -27,7 +29,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 import mone
 from mone.capacity import width_fractions
@@ -68,9 +73,9 @@ def score_split(model: torch.nn.Module, dense: torch.nn.Module | None, card: dic
     images, labels, masks = gather(card_batches(card, split, n, workers, pack))
     mean, std = torch.tensor(pre["mean"], device=device), torch.tensor(pre["std"], device=device)
     runs = runs_for(model, dense)
-    # counts stay on the device until the end: no host sync per batch
-    correct, on_largest, object_on_largest = (torch.zeros(len(runs), dtype=torch.int64, device=device)
-                                              for _ in range(3))
+    # per-image outcomes and counts stay on the device until the end: no host sync per batch
+    hits = torch.zeros(len(runs), n, dtype=torch.bool, device=device)                    # (runs, images)
+    on_largest, object_on_largest = (torch.zeros(len(runs), dtype=torch.int64, device=device) for _ in range(2))
     object_patches = torch.zeros((), dtype=torch.int64, device=device)
     achieved = [None] * len(runs)
     routed = isinstance(model, MoNEVisionTransformer) and masks is not None
@@ -94,7 +99,8 @@ def score_split(model: torch.nn.Module, dense: torch.nn.Module | None, card: dic
                     largest = out.assignment == model.num_experts - 1                     # (B, N)
                     on_largest[r] += largest.sum()
                     object_on_largest[r] += (largest & is_object).sum()
-            correct[r] += (logits.argmax(-1) == y).sum()
+            hits[r, start:start + len(y)] = logits.argmax(-1) == y
+    hits, correct = hits.cpu(), hits.sum(1).cpu()
     points = []
     for r, run in enumerate(runs):
         point = dict(method=run["method"], effective_capacity=run["effective_capacity"], macs=run["macs"],
@@ -104,11 +110,35 @@ def score_split(model: torch.nn.Module, dense: torch.nn.Module | None, card: dic
         if "expert" in run:
             point["expert"] = run["expert"]
         points.append(point)
-    result = dict(split=split, images=n, points=points, router_gap=router_gap(points))
+    result = dict(split=split, images=n, points=points, router_gap=router_gap(points),
+                  outcomes={outcome_key(split, p): hits[r].numpy() for r, p in enumerate(points)})
     if routed:
         result["object_precision"] = object_precision(runs, on_largest.cpu(), object_on_largest.cpu(),
                                                       object_patches.item(), n * model.patch_embed.num_patches, n)
     return result
+
+
+def outcome_key(split: str, point: dict) -> str:
+    """The name of one point's per-image outcomes in the outcomes file: split/method/e_c."""
+    return f"{split}/{point['method']}/{point['effective_capacity']:g}"
+
+
+def write_outcomes(path: Path, outcomes: dict[str, np.ndarray]) -> None:
+    """Per-image right/wrong of every point, one bit per image (np.packbits), with the image count per key."""
+    save_file({key: np.packbits(hit) for key, hit in outcomes.items()}, path,
+              metadata={key: str(len(hit)) for key, hit in outcomes.items()})
+
+
+def read_outcomes(curve_path: str | Path, split: str, point: dict) -> np.ndarray | None:
+    """One point's per-image outcomes (bool, in image order) as written beside the curve file; None where the curve
+    was written before outcomes were stored."""
+    curve_path = Path(curve_path)
+    curve = json.loads(curve_path.read_text())
+    if "outcomes" not in curve:
+        return None
+    key = outcome_key(split, point)
+    with safe_open(curve_path.parent / curve["outcomes"], framework="np") as f:
+        return np.unpackbits(f.get_tensor(key), count=int(f.metadata()[key])).astype(bool)
 
 
 def router_gap(points: list[dict]) -> list[dict]:
@@ -241,11 +271,14 @@ def evaluate(card_path: str | Path, dense_card: str | Path | None = None, splits
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = card_path.stem
+    write_outcomes(out_dir / f"{name}.outcomes.safetensors",
+                   {key: hit for r in results for key, hit in r.pop("outcomes").items()})
     curves = dict(model=name, card=str(card_path), architecture=card["model"],
                   dense_card=str(dense_card) if dense_card else None, unit="MACs per image (multiply-adds)",
                   grid=list(GRID), random_seed=RANDOM_SEED, object_patch_threshold=OBJECT_PATCH, **results[0],
                   splits={r["split"]: r for r in results[1:]},
                   file=os.path.relpath(out_dir / f"{name}.json", card_path.parent),   # as the card refers to it
+                  outcomes=f"{name}.outcomes.safetensors",                           # beside the curve file
                   evaluated=now(), seconds=round(time.time() - t0, 1), device=str(device), command=command,
                   commit=git_commit())
     (out_dir / f"{name}.json").write_text(json.dumps(curves, indent=1) + "\n")

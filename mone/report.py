@@ -12,7 +12,10 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
 from safetensors import safe_open
+
+from mone.evaluate import read_outcomes
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
@@ -105,53 +108,66 @@ def standard_error_pt(accuracies: list[float], images: int) -> float:
     """One standard error, in points, of one accuracy or of a difference of accuracies measured on `images` images.
 
     Binomial: sqrt(sum p(1-p)/n). For a difference of two models on the *same* images this is the unpaired value, an
-    upper bound: the per-image outcomes that would give the paired one are not stored in the curve files.
+    upper bound of the paired one (`paired_standard_error_pt`), for curves written without per-image outcomes.
     """
     return 100 * sum(p * (1 - p) for p in accuracies) ** 0.5 / images ** 0.5
+
+
+def paired_standard_error_pt(a: np.ndarray, b: np.ndarray) -> float:
+    """One standard error, in points, of the difference of two accuracies on the same images, from the per-image
+    outcomes (bool): sample s.d. of a_i - b_i over sqrt(n). Images both get right or both get wrong add no noise."""
+    d = a.astype(np.float64) - b.astype(np.float64)
+    return 100 * float(d.std(ddof=1)) / len(d) ** 0.5
+
+
+def gap_standard_error(curve_path: Path, split: str, a: dict, b: dict, images: int) -> str:
+    """One standard error of top1(a) - top1(b) as the tables print it: paired where the curve file has per-image
+    outcomes, else the unpaired upper bound, printed as "≤ x"."""
+    hits = [read_outcomes(curve_path, split, point) for point in (a, b)]
+    if hits[0] is None:
+        return f"≤ {standard_error_pt([a['top1'], b['top1']], images):.1f}"
+    return f"{paired_standard_error_pt(*hits):.1f}"
 
 
 def targets_table() -> list[str]:
     """The issue's targets, each with the measured value, its standard error, and whether it holds."""
     rows = ["| target | measured | ± 1 s.e. | holds |", "|---|---|---|---|"]
 
-    def add(target: str, measured: float | None, ok, fmt: str = "{:.1f}", se: float | None = None) -> None:
-        if measured is not None:
-            rows.append(f"| {target} | {fmt.format(measured)} | {'–' if se is None else f'{se:.1f}'} | "
-                        f"{'yes' if ok(measured) else 'no'} |")
+    def add(target: str, measured: float, ok, fmt: str = "{:.1f}", se: str = "–") -> None:
+        rows.append(f"| {target} | {fmt.format(measured)} | {se} | {'yes' if ok(measured) else 'no'} |")
 
     for name, what, dataset in curves():
         split = _split(name)
         pts, n = split.get("points", []), split.get("images")
         if not pts:
             continue
-        dense_top1 = _top1(pts, "dense")
-        dense = 100 * dense_top1
+        dense = next(p for p in pts if p["method"] == "dense")
+        m3 = _point(pts, "mone", 0.3)
 
-        def versus_dense(top1: float) -> tuple[float, float]:
-            return 100 * top1 - dense, standard_error_pt([top1, dense_top1], n)
+        def gap(target: str, a: dict, b: dict, ok) -> None:
+            """A target on top1(a) - top1(b), in points, with the gap's standard error."""
+            add(target, 100 * (a["top1"] - b["top1"]), ok, "{:+.1f}",
+                gap_standard_error(ASSETS / "curves" / f"{name}.json", "test", a, b, n))
 
+        dense_se = f"{standard_error_pt([dense['top1']], n):.1f}"
         if dataset == "fashion_mnist":
-            add(f"{what}: dense ≥ 92.0 %", dense, lambda v: v >= 92.0, se=standard_error_pt([dense_top1], n))
-            gap, se = versus_dense(_top1(pts, "mone", 0.5))
-            add(f"{what}: MoNE e_c=0.5 ≥ dense − 0.5 pt (pt vs dense)", gap, lambda v: v >= -0.5, "{:+.1f}", se)
-            gap, se = versus_dense(_top1(pts, "mone", 0.3))
-            add(f"{what}: MoNE e_c=0.3 ≥ dense − 1.5 pt (pt vs dense)", gap, lambda v: v >= -1.5, "{:+.1f}", se)
-            m3 = _point(pts, "mone", 0.3)
-            best = max(p["top1"] for p in pts if p["method"] == "matvit" and p["macs"] >= m3["macs"])
-            add(f"{what}: MoNE e_c=0.3 above every MatViT point of ≥ its MACs (pt over the best)",
-                100 * (m3["top1"] - best), lambda v: v > 0, "{:+.1f}", standard_error_pt([m3["top1"], best], n))
+            add(f"{what}: dense ≥ 92.0 %", 100 * dense["top1"], lambda v: v >= 92.0, se=dense_se)
+            gap(f"{what}: MoNE e_c=0.5 ≥ dense − 0.5 pt (pt vs dense)", _point(pts, "mone", 0.5), dense,
+                lambda v: v >= -0.5)
+            gap(f"{what}: MoNE e_c=0.3 ≥ dense − 1.5 pt (pt vs dense)", m3, dense, lambda v: v >= -1.5)
+            best = max((p for p in pts if p["method"] == "matvit" and p["macs"] >= m3["macs"]),
+                       key=lambda p: p["top1"])
+            gap(f"{what}: MoNE e_c=0.3 above every MatViT point of ≥ its MACs (pt over the best)", m3, best,
+                lambda v: v > 0)
             continue
-        add(f"{what}: dense ≥ 85 % on unseen backgrounds", dense, lambda v: v >= 85.0,
-            se=standard_error_pt([dense_top1], n))
-        gap, se = versus_dense(_top1(pts, "mone", 0.3))
-        add(f"{what}: MoNE e_c=0.3 within 1 pt of dense (pt vs dense)", gap, lambda v: v >= -1.0, "{:+.1f}", se)
+        add(f"{what}: dense ≥ 85 % on unseen backgrounds", 100 * dense["top1"], lambda v: v >= 85.0, se=dense_se)
+        gap(f"{what}: MoNE e_c=0.3 within 1 pt of dense (pt vs dense)", m3, dense, lambda v: v >= -1.0)
         op = _object_precision(name, 0.3)
         if op and op["mone"] is not None:
             add(f"{what}: object patches ≥ 3× over-represented in the largest expert at e_c=0.3",
                 op["mone"] / op["object_area_share"], lambda v: v >= 3.0, "{:.2f}×")
-        learned, random = _top1(pts, "mone", 0.2), _top1(pts, "random_router", 0.2)
-        add(f"{what}: learned router ≥ 3 pt above random at e_c=0.2 (pt)", 100 * (learned - random),
-            lambda v: v >= 3.0, "{:+.1f}", standard_error_pt([learned, random], n))
+        gap(f"{what}: learned router ≥ 3 pt above random at e_c=0.2 (pt)", _point(pts, "mone", 0.2),
+            _point(pts, "random_router", 0.2), lambda v: v >= 3.0)
     return rows
 
 
@@ -402,18 +418,17 @@ def seed_table() -> list[str]:
         if None in loaded:                                        # a repeat not run (yet): no half a comparison
             continue
         columns = []                                              # per seed, in points (%) as the table shows them
-        for seed, curve in enumerate(loaded):
+        for seed, (file, curve) in enumerate(zip(files, loaded)):
             pts, n = curve["points"], curve["images"]
-            dense, m5, m3, m2 = (_top1(pts, "dense"), _top1(pts, "mone", 0.5), _top1(pts, "mone", 0.3),
-                                 _top1(pts, "mone", 0.2))
-            m3_macs = _point(pts, "mone", 0.3)["macs"]
-            best = max(p["top1"] for p in pts if p["method"] == "matvit" and p["macs"] >= m3_macs)
+            dense_point, m3_point = next(p for p in pts if p["method"] == "dense"), _point(pts, "mone", 0.3)
+            dense, m5, m3, m2 = dense_point["top1"], _top1(pts, "mone", 0.5), m3_point["top1"], _top1(pts, "mone", 0.2)
+            best = max(p["top1"] for p in pts if p["method"] == "matvit" and p["macs"] >= m3_point["macs"])
             values = [100 * v for v in (dense, m5, m3, m2 - _top1(pts, "random_router", 0.2), m5 - dense,
                                         m3 - dense, m3 - best)]
             columns.append(values)
+            se = gap_standard_error(ASSETS / file, "test", m3_point, dense_point, n)        # of MoNE 0.3 − dense
             rows.append(f"| {what} | {seed} | " + " | ".join(f"{v:.1f}" for v in values[:3]) + " | "
-                        + " | ".join(f"{v:+.1f}" for v in values[3:])
-                        + f" | {standard_error_pt([m3, dense], n):.1f} |")
+                        + " | ".join(f"{v:+.1f}" for v in values[3:]) + f" | {se} |")
         if len(columns) >= 3:
             stats = [(statistics.mean(c), statistics.stdev(c)) for c in zip(*columns)]
             rows.append(f"| {what} | mean ± s.d. of {len(columns)} | "

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from mone.evaluate import GRID, evaluate, main
+from mone.evaluate import GRID, evaluate, main, read_outcomes
 from mone.train import parse_args, train
 
 
@@ -53,6 +53,27 @@ def test_curves_schema_plot_and_card(cards):
     assert evaluation["curves"] == "curves/mone_tiny.json" and evaluation["images"] == 16
     assert set(evaluation["top1"]) == {"e_c=0.25", "e_c=0.5", "e_c=0.75", "e_c=1"}
     assert 0 <= evaluation["dense_top1"] <= 1
+
+
+def test_outcomes_file_holds_each_points_per_image_results(cards, tmp_path):
+    curves = evaluate(cards["mone"], cards["dense"], limit=13, batch_size=5, device="cpu", out_dir=tmp_path / "a")
+    path = tmp_path / "a" / "mone_tiny.json"
+    assert curves["outcomes"] == "mone_tiny.outcomes.safetensors" and (tmp_path / "a" / curves["outcomes"]).is_file()
+    for split, result in [("test", curves), *curves["splits"].items()]:
+        for point in result["points"]:
+            hits = read_outcomes(path, split, point)
+            assert hits.dtype == bool and hits.shape == (13,)               # 13 images: packbits pads to 16 bits
+            assert hits.mean() == pytest.approx(point["top1"], abs=1e-5)
+    # batches of 5 or 13 images: the same images in the same order (the learned router and dense are per image)
+    again = evaluate(cards["mone"], cards["dense"], limit=13, batch_size=13, device="cpu", out_dir=tmp_path / "b")
+    for point in (p for p in again["points"] if p["method"] in ("mone", "dense")):
+        assert (read_outcomes(path, "test", point) ==
+                read_outcomes(tmp_path / "b" / "mone_tiny.json", "test", point)).all()
+
+
+def test_a_curve_without_outcomes_reads_none(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps(dict(points=[])))
+    assert read_outcomes(tmp_path / "c.json", "test", dict(method="dense", effective_capacity=1.0)) is None
 
 
 def test_random_router_is_reproducible_and_dense_cards_evaluate_alone(cards, tmp_path):

@@ -59,9 +59,46 @@ def test_targets_table_gives_each_gap_its_standard_error(tmp_path, monkeypatch):
     (tmp_path / "curves" / "m.json").write_text(json.dumps(dict(split="test", images=10_000, points=points)))
     assert report.targets_table()[2:] == [
         "| FM: dense ≥ 92.0 % | 90.0 | 0.3 | no |",
-        "| FM: MoNE e_c=0.5 ≥ dense − 0.5 pt (pt vs dense) | -0.4 | 0.4 | yes |",
-        "| FM: MoNE e_c=0.3 ≥ dense − 1.5 pt (pt vs dense) | -10.0 | 0.5 | no |",
-        "| FM: MoNE e_c=0.3 above every MatViT point of ≥ its MACs (pt over the best) | -10.0 | 0.5 | no |"]
+        "| FM: MoNE e_c=0.5 ≥ dense − 0.5 pt (pt vs dense) | -0.4 | ≤ 0.4 | yes |",     # no outcomes: unpaired bound
+        "| FM: MoNE e_c=0.3 ≥ dense − 1.5 pt (pt vs dense) | -10.0 | ≤ 0.5 | no |",
+        "| FM: MoNE e_c=0.3 above every MatViT point of ≥ its MACs (pt over the best) | -10.0 | ≤ 0.5 | no |"]
+
+
+def test_paired_standard_error_of_a_difference_on_the_same_images():
+    import numpy as np
+    import pytest
+    a = np.array([1, 1, 0, 0], bool)
+    b = np.array([1, 0, 1, 0], bool)
+    # a − b = 0, 1, −1, 0: mean 0, sample variance 2/3, s.e. sqrt(2/3 / 4) = 0.408
+    assert report.paired_standard_error_pt(a, b) == pytest.approx(40.82, abs=0.01)
+    assert report.paired_standard_error_pt(a, a) == 0.0                     # the same outcomes: no noise in the gap
+
+
+def test_targets_table_uses_the_paired_standard_error_where_outcomes_are_stored(tmp_path, monkeypatch):
+    import numpy as np
+    from mone.evaluate import outcome_key, write_outcomes
+    monkeypatch.setattr(report, "ASSETS", tmp_path)
+    monkeypatch.setattr(report, "CURVES", [("m", "S", "scenes")])
+    n = 1000
+    dense = np.arange(n) < 800                                       # right on the first 800 images
+    mone3 = dense.copy()
+    mone3[790:810] = ~mone3[790:810]                                 # 10 lost, 10 gained: top-1 0.8 as well
+    mone2, random2 = np.arange(n) < 700, np.arange(n) < 600
+    hits = dict(dense=(1.0, dense), mone=(0.3, mone3))
+    points = [dict(method=m, effective_capacity=c, macs=10, top1=float(h.mean()))
+              for m, (c, h) in hits.items()]
+    points += [dict(method="mone", effective_capacity=0.2, macs=5, top1=0.7),
+               dict(method="random_router", effective_capacity=0.2, macs=5, top1=0.6)]
+    (tmp_path / "curves").mkdir()
+    write_outcomes(tmp_path / "curves" / "m.outcomes.safetensors",
+                   {outcome_key("test", p): h for p, h in zip(points, (dense, mone3, mone2, random2))})
+    (tmp_path / "curves" / "m.json").write_text(json.dumps(dict(split="test", images=n, points=points,
+                                                                outcomes="m.outcomes.safetensors")))
+    rows = report.targets_table()
+    # 20 of 1000 images differ by ±1, mean 0: s.e. = 100·sqrt(20/999)/sqrt(1000) = 0.45 pt (unpaired: 1.8)
+    assert rows[3] == "| S: MoNE e_c=0.3 within 1 pt of dense (pt vs dense) | +0.0 | 0.4 | yes |"
+    # 100 images where only mone 0.2 is right: d = 1 on 10 %, s.e. = 100·sqrt(0.09·1000/999)/sqrt(1000) = 0.95 pt
+    assert rows[4] == "| S: learned router ≥ 3 pt above random at e_c=0.2 (pt) | +10.0 | 0.9 | yes |"
 
 
 def _write_seed_curve(path, dense_top1: float) -> None:
@@ -81,8 +118,8 @@ def test_seed_table_shows_each_seed_and_the_gaps(tmp_path, monkeypatch):
     for name, dense in (("a.json", 0.9), ("b.json", 0.88)):
         _write_seed_curve(tmp_path / name, dense)
     rows = report.seed_table()
-    assert rows[2] == "| P | 0 | 90.0 | 89.0 | 87.0 | +5.0 | -1.0 | -3.0 | +1.0 | 0.5 |"
-    assert rows[3] == "| P | 1 | 88.0 | 89.0 | 87.0 | +5.0 | +1.0 | -1.0 | +1.0 | 0.5 |"
+    assert rows[2] == "| P | 0 | 90.0 | 89.0 | 87.0 | +5.0 | -1.0 | -3.0 | +1.0 | ≤ 0.5 |"
+    assert rows[3] == "| P | 1 | 88.0 | 89.0 | 87.0 | +5.0 | +1.0 | -1.0 | +1.0 | ≤ 0.5 |"
 
 
 def test_seed_table_adds_mean_and_sample_sd_from_three_seeds(tmp_path, monkeypatch):
