@@ -424,7 +424,8 @@ def seed_table() -> list[str]:
         for seed, (file, curve) in enumerate(zip(files, loaded)):
             pts, n = curve["points"], curve["images"]
             dense_point, m3_point = next(p for p in pts if p["method"] == "dense"), _point(pts, "mone", 0.3)
-            dense, m5, m3, m2 = dense_point["top1"], _top1(pts, "mone", 0.5), m3_point["top1"], _top1(pts, "mone", 0.2)
+            dense, m3 = dense_point["top1"], m3_point["top1"]
+            m5, m2 = _top1(pts, "mone", 0.5), _top1(pts, "mone", 0.2)
             best = max(p["top1"] for p in pts if p["method"] == "matvit" and p["macs"] >= m3_point["macs"])
             values = [100 * v for v in (dense, m5, m3, m2 - _top1(pts, "random_router", 0.2), m5 - dense,
                                         m3 - dense, m3 - best)]

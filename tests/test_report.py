@@ -59,7 +59,7 @@ def test_targets_table_gives_each_gap_its_standard_error(tmp_path, monkeypatch):
     (tmp_path / "curves" / "m.json").write_text(json.dumps(dict(split="test", images=10_000, points=points)))
     assert report.targets_table()[2:] == [
         "| FM: dense ≥ 92.0 % | 90.0 | 0.3 | no |",
-        "| FM: MoNE e_c=0.5 ≥ dense − 0.5 pt (pt vs dense) | -0.4 | ≤ 0.4 | yes |",     # no outcomes: unpaired bound
+        "| FM: MoNE e_c=0.5 ≥ dense − 0.5 pt (pt vs dense) | -0.4 | ≤ 0.4 | yes |",   # no outcomes: unpaired
         "| FM: MoNE e_c=0.3 ≥ dense − 1.5 pt (pt vs dense) | -10.0 | ≤ 0.5 | no |",
         "| FM: MoNE e_c=0.3 above every MatViT point of ≥ its MACs (pt over the best) | -10.0 | ≤ 0.5 | no |"]
 
