@@ -141,7 +141,7 @@ def targets_table() -> list[str]:
         pts, n = split.get("points", []), split.get("images")
         if not pts:
             continue
-        dense = next(p for p in pts if p["method"] == "dense")
+        dense = _point(pts, "dense", 1.0)
         m3 = _point(pts, "mone", 0.3)
 
         def gap(target: str, a: dict, b: dict, ok) -> None:
@@ -423,7 +423,7 @@ def seed_table() -> list[str]:
         columns = []                                              # per seed, in points (%) as the table shows them
         for seed, (file, curve) in enumerate(zip(files, loaded)):
             pts, n = curve["points"], curve["images"]
-            dense_point, m3_point = next(p for p in pts if p["method"] == "dense"), _point(pts, "mone", 0.3)
+            dense_point, m3_point = _point(pts, "dense", 1.0), _point(pts, "mone", 0.3)
             dense, m3 = dense_point["top1"], m3_point["top1"]
             m5, m2 = _top1(pts, "mone", 0.5), _top1(pts, "mone", 0.2)
             best = max(p["top1"] for p in pts if p["method"] == "matvit" and p["macs"] >= m3_point["macs"])
