@@ -405,6 +405,7 @@ SEED_REPEATS = [("curves/mone_vit_fmnist_convstem_cpu_isoflops.json",
                  "Fashion-MNIST, conv stem, isoFLOPs, trained on this CPU"),
                 ("curves/mone_vit_scenes_v2_convstem_cpu_isoflops.json",
                  "seeds/curves/mone_vit_scenes_v2_convstem_cpu_isoflops_seed1.json",
+                 "seeds/curves/mone_vit_scenes_v2_convstem_cpu_isoflops_seed2.json",
                  "Scenes data v2, conv stem, isoFLOPs, trained on this CPU")]
 
 
