@@ -2,7 +2,8 @@
 from . import vmoe  # noqa: F401  (registers the vmoe_vit_* models)
 from .allocators import ALLOCATORS, SPLIT_METHODS, capacity_split, get_allocator
 from .capacity import (achieved_capacity, capacity_distribution, expert_dims, min_effective_capacity,
-                       tokens_per_expert, validate_effective_capacity, width_fractions)
+                       single_expert_capacities, tokens_per_expert, validate_effective_capacity,
+                       width_fractions)
 from .checkpoint import load_model, read_card, save_weights, scenes_version
 from .flops import count_macs, dense_macs
 from .models import MoNEOutput, MoNEVisionTransformer, TRAIN_CAPACITIES

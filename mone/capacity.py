@@ -20,7 +20,7 @@ import torch
 
 __all__ = [
     "expert_dims", "width_fractions", "min_effective_capacity", "capacity_distribution", "tokens_per_expert",
-    "achieved_capacity", "validate_effective_capacity",
+    "achieved_capacity", "validate_effective_capacity", "single_expert_capacities",
 ]
 
 
@@ -36,6 +36,15 @@ def expert_dims(dim: int, num_experts: int = 4) -> list[int]:
     if dim % 2 ** (num_experts - 1):
         raise ValueError(f"dim={dim} must be divisible by 2^(num_experts-1)={2 ** (num_experts - 1)}")
     return [int(dim * f) for f in width_fractions(num_experts)]
+
+
+def single_expert_capacities(expert: int, num_experts: int = 4) -> torch.Tensor:
+    """Capacities (E,) that put every token on `expert` (0 = smallest): a MatViT sub-model, e_c = d_expert / D."""
+    if not 0 <= expert < num_experts:
+        raise ValueError(f"expert must be in [0, {num_experts}), got {expert}")
+    capacities = torch.zeros(num_experts, dtype=torch.float64)
+    capacities[expert] = 1.0
+    return capacities
 
 
 def min_effective_capacity(num_experts: int = 4) -> float:

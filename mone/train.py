@@ -11,8 +11,14 @@ dataset's mean and std, bf16 autocast on CUDA. A MoNE model trains at one budget
 paper's grid `model.train_capacities` (0.15, 0.25, …, 0.95) by the model's own rule, or fixed with
 `--effective-capacity`.
 
+MatViT baseline (`--nested-widths`, the paper's MatViT: a nested model without routing): a MoNE model trained with
+every token on one expert per step, the expert drawn uniformly (as MoNE draws its budget); router and alphas stay
+frozen at their initial values (alpha = 0, so Eq. 1's FFN scale is 1 and the router has no effect). Drawing one width
+per step, rather than MatFormer's summed loss over all widths, keeps the step's cost that of one forward, so isoFLOPs
+treats it exactly as it treats MoNE.
+
 isoFLOPs (`--iso-flops-of dense`): a MoNE step costs less than a dense step, so MoNE gets
-    steps × dense MACs / mean over the training budgets of MoNE MACs
+    steps × dense MACs / mean over the training budgets (or MatViT widths) of MoNE MACs
 steps (`mone.dense_macs` / `mone.count_macs`, forward MACs per image; backward costs about twice the forward for both
 models, so the ratio holds for training compute). The extra steps continue the epoch loop, the last epoch partial.
 
@@ -80,6 +86,8 @@ class TrainConfig:
     drop_path: float = 0.1                      # stochastic depth: the usual regulariser for small ViTs on small data
     effective_capacity: float | None = None     # None: e_c drawn per step from the paper's grid; a number: fixed budget
     iso_flops_of: str | None = None             # "dense": give MoNE as many training MACs as its dense twin
+    nested_widths: bool = False                 # MatViT baseline: each step puts every token on one expert, drawn
+                                                # uniformly; router and alphas frozen (the MoNE model minus routing)
     # --- data
     dataset: str = "fashion_mnist"              # fashion_mnist | scenes | synthetic (tiny, in memory, for tests)
     train_size: int | None = None               # images per epoch; None: the whole split (Scenes: 50 000)
@@ -286,25 +294,40 @@ def lr_at(step: int, cfg: TrainConfig, warmup_steps: int, total_steps: int) -> f
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def iso_flops_factor(model: torch.nn.Module) -> float:
-    """dense MACs / mean MoNE MACs over the training budgets (1 for a dense model)."""
-    caps = getattr(model, "train_capacities", 1.0)
-    caps = [caps] if isinstance(caps, (int, float)) else list(caps)
-    return mone.dense_macs(model) / (sum(mone.count_macs(model, c) for c in caps) / len(caps))
+def iso_flops_factor(model: torch.nn.Module, nested_widths: bool = False) -> float:
+    """dense MACs / mean MoNE MACs over the training budgets, or over the widths with `nested_widths` (1 for a dense
+    model)."""
+    if nested_widths:
+        macs = [mone.count_macs(model, capacities=mone.single_expert_capacities(j, model.num_experts))
+                for j in range(model.num_experts)]
+    else:
+        caps = getattr(model, "train_capacities", 1.0)
+        macs = [mone.count_macs(model, c) for c in ([caps] if isinstance(caps, (int, float)) else caps)]
+    return mone.dense_macs(model) / (sum(macs) / len(macs))
+
+
+def eval_budgets(model: torch.nn.Module, cfg: TrainConfig) -> dict[str, dict]:
+    """What is scored after each epoch, as forward arguments: {"e_c=<c>": …} for MoNE, {"width=<d_j/D>": …} for each
+    width of a MatViT (`nested_widths`), {"dense": {}} for a dense model."""
+    if not isinstance(model, MoNEVisionTransformer):
+        return {"dense": {}}
+    if cfg.nested_widths:
+        return {f"width={f:g}": dict(capacities=mone.single_expert_capacities(j, model.num_experts))
+                for j, f in enumerate(mone.width_fractions(model.num_experts))}
+    return {f"e_c={c:g}": dict(effective_capacity=c) for c in cfg.eval_capacities}
 
 
 @torch.inference_mode()
-def evaluate_top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, capacities: Sequence[float],
+def evaluate_top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, budgets: dict[str, dict],
                   image_size: int, mean: torch.Tensor, std: torch.Tensor, batch_size: int,
                   amp) -> dict[str, torch.Tensor]:
-    """Correct-prediction counts on this rank's images: {"e_c=<c>": count} for MoNE, {"dense": count} otherwise."""
-    budgets = {f"e_c={c:g}": c for c in capacities} if isinstance(model, MoNEVisionTransformer) else {"dense": None}
+    """Correct-prediction counts on this rank's images, one per entry of `budgets` (`eval_budgets`)."""
     correct = {k: torch.zeros((), dtype=torch.int64, device=images.device) for k in budgets}
     for start in range(0, len(images), batch_size):
         x = standardize(to_unit(images[start:start + batch_size], image_size), mean, std)
-        for key, c in budgets.items():
+        for key, forward_args in budgets.items():
             with amp():
-                logits = model(x) if c is None else model(x, effective_capacity=c)
+                logits = model(x, **forward_args)
             correct[key] += (logits.argmax(-1) == labels[start:start + batch_size]).sum()
     return correct
 
@@ -424,14 +447,22 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
         model_kwargs.update(train_capacities=cfg.effective_capacity, default_capacity=cfg.effective_capacity)
     if cfg.iso_flops_of not in (None, "dense"):
         raise ValueError(f"--iso-flops-of takes 'dense', got {cfg.iso_flops_of!r}")
+    if cfg.nested_widths and (not cfg.model.startswith("mone_") or cfg.effective_capacity is not None):
+        raise ValueError("--nested-widths trains a MoNE model's nested widths: it needs a mone_* model and no "
+                         "--effective-capacity")
     torch.manual_seed(cfg.seed)
     model = timm.create_model(cfg.model, drop_path_rate=cfg.drop_path, **model_kwargs).to(device)
     is_mone = isinstance(model, MoNEVisionTransformer)
+    if cfg.nested_widths:          # MatViT: no routing to learn; alpha stays 0, so (alpha·r + 1) = 1 in Eq. 1
+        model.router.requires_grad_(False)
+        for block in model.blocks:
+            block.alpha.requires_grad_(False)
     image_size = model.patch_embed.img_size[0]
     mean, std = torch.tensor(info["mean"], device=device), torch.tensor(info["std"], device=device)
-    decays = {n: p.ndim >= 2 and n != "pos_embed" for n, p in model.named_parameters()}   # no decay: biases, norms…
-    opt = torch.optim.AdamW([{"params": [p for n, p in model.named_parameters() if decays[n]]},
-                             {"params": [p for n, p in model.named_parameters() if not decays[n]],
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    decays = {n: p.ndim >= 2 and n != "pos_embed" for n, p in trainable.items()}   # no decay: biases, norms…
+    opt = torch.optim.AdamW([{"params": [p for n, p in trainable.items() if decays[n]]},
+                             {"params": [p for n, p in trainable.items() if not decays[n]],
                               "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay,
                             fused=device.type == "cuda")
@@ -451,7 +482,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
     steps_per_epoch = per_rank // batch
     if steps_per_epoch == 0:
         raise ValueError(f"train_size {train_size} gives no full batch of {cfg.batch_size}")
-    factor = iso_flops_factor(model) if cfg.iso_flops_of else 1.0
+    factor = iso_flops_factor(model, cfg.nested_widths) if cfg.iso_flops_of else 1.0
     total_steps = round(cfg.epochs * steps_per_epoch * factor)
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     warmup_steps = max(1, round(cfg.warmup_epochs * steps_per_epoch))
@@ -518,7 +549,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
 
     def run_eval(epoch: int) -> None:
         model.eval()
-        counts = evaluate_top1(model, test_x, test_y, cfg.eval_capacities, image_size, mean, std,
+        counts = evaluate_top1(model, test_x, test_y, eval_budgets(model, cfg), image_size, mean, std,
                                cfg.eval_batch_size, amp)
         model.train()
         for v in counts.values():
@@ -554,7 +585,13 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
         while step < epoch_end:
             # every random draw of this step comes from generators seeded by (seed, step): resume is exact
             torch.manual_seed(derive_seed(cfg.seed, 0, step))
-            e_c = model._resolve_capacity(None) if is_mone else None     # the model's own draw, same on all ranks
+            if cfg.nested_widths:                                          # one width for every token
+                width = int(torch.randint(model.num_experts, ()))
+                budget = dict(capacities=mone.single_expert_capacities(width, model.num_experts))
+                e_c = mone.width_fractions(model.num_experts)[width]
+            else:
+                e_c = model._resolve_capacity(None) if is_mone else None  # the model's own draw, same on all ranks
+                budget = dict(effective_capacity=e_c) if is_mone else {}
             torch.manual_seed(derive_seed(cfg.seed, 1, step, rank))        # drop-path masks: each rank its own
             aug_gen.manual_seed(derive_seed(cfg.seed, 2, step, rank))
             i = step - epoch * steps_per_epoch
@@ -565,13 +602,13 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
             for group in opt.param_groups:
                 group["lr"] = lr
             with amp():
-                logits = ddp_model(x, effective_capacity=e_c) if is_mone else ddp_model(x)
+                logits = ddp_model(x, **budget)
             loss = F.cross_entropy(logits.float(), train_y[idx], label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            if is_mone:
+            if is_mone and not cfg.nested_widths:
                 model.project_alphas()
             step += 1
             loss_sum += loss.detach()
@@ -646,7 +683,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
             steps=dict(done=step, planned=total_steps, per_epoch=steps_per_epoch, iso_flops_factor=round(factor, 4)),
             stopped_early=stop_reason, hardware=hardware(device, world),
             macs_per_image=dict(dense=mone.dense_macs(model), **{
-                f"e_c={c:g}": mone.count_macs(model, c) for c in (cfg.eval_capacities if is_mone else ())}),
+                name: mone.count_macs(model, **args) for name, args in eval_budgets(model, cfg).items() if args}),
             estimated_cpu_hours_here=(round(images_seen / cfg.cpu_images_per_second / 3600, 2)
                                       if cfg.cpu_images_per_second else None),
             cpu_images_per_second=cfg.cpu_images_per_second,

@@ -142,6 +142,31 @@ def test_iso_flops_gives_mone_more_steps():
     assert 1.3 < factor < 3.0
 
 
+def test_nested_widths_trains_a_matvit_every_token_on_one_drawn_expert(tmp_path):
+    summary = run(tmp_path / "run", "--nested-widths", "--epochs", "2", "--train-size", "128", "--log-every", "1",
+                  "--iso-flops-of", "dense", "--export", str(tmp_path / "matvit"))
+    model = summary["model"]
+    torch.manual_seed(0)                                                     # the run's seed: the same init
+    init = timm.create_model("mone_vit_tiny_patch4_32", num_classes=4, drop_path_rate=0.1)
+    torch.testing.assert_close(model.router.weight, init.router.weight)      # no routing to learn: router frozen
+    assert all(block.alpha.item() == 0.0 for block in model.blocks)         # (alpha·r + 1) = 1: plain nested ViT
+    assert not torch.equal(model.blocks[0].mlp.fc1.weight, init.blocks[0].mlp.fc1.weight)  # the rest trained
+    steps = [r for r in records(tmp_path / "run" / "log.jsonl") if "loss" in r]
+    assert {r["e_c"] for r in steps} <= set(mone.width_fractions(4)) and len({r["e_c"] for r in steps}) > 1
+    # isoFLOPs: the mean width costs less than dense, so the MatViT gets more steps, by the MACs ratio
+    factor = iso_flops_factor(model, nested_widths=True)
+    widths = [mone.count_macs(model, capacities=mone.single_expert_capacities(j)) for j in range(4)]
+    assert factor == pytest.approx(mone.dense_macs(model) / (sum(widths) / 4))
+    assert summary["total_steps"] == round(2 * 4 * factor)
+    card = json.loads((tmp_path / "matvit.json").read_text())
+    assert card["config"]["nested_widths"] is True
+    assert set(card["train_eval"]["eval_top1"]) == {"width=0.125", "width=0.25", "width=0.5", "width=1"}
+    assert card["macs_per_image"]["width=1"] == mone.count_macs(model, 1.0)
+    with pytest.raises(ValueError, match="needs a mone_"):
+        train(parse_args([*TINY, "--model", "dense_vit_tiny_patch4_32", "--nested-widths",
+                          "--out-dir", str(tmp_path / "dense")]))
+
+
 def test_ddp_two_processes_keep_identical_weights(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mone.train",
