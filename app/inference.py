@@ -96,8 +96,9 @@ _models: dict[str, torch.nn.Module] = {}
 
 
 def discover_models(directory: str | Path | None = None) -> dict[str, ModelEntry]:
-    """Every MoNE card (`assets/*.json` naming a `mone_*` model) by name. Files that are not cards are skipped; a card
-    whose weights are missing or corrupt is listed (loading it gives a clear error)."""
+    """Every MoNE card (`assets/*.json` naming a `mone_*` model) by name. Files that are not cards are skipped, and so
+    are MatViT baselines (`--nested-widths`: no trained router to show); a card whose weights are missing or corrupt
+    is listed (loading it gives a clear error)."""
     directory = Path(directory) if directory else assets_dir()
     found = {}
     for path in sorted(directory.glob("*.json")):
@@ -105,7 +106,7 @@ def discover_models(directory: str | Path | None = None) -> dict[str, ModelEntry
             card = mone.read_card(path)
         except (ValueError, OSError):
             continue
-        if str(card.get("model", "")).startswith("mone_"):
+        if str(card.get("model", "")).startswith("mone_") and not card.get("config", {}).get("nested_widths"):
             found[path.stem] = ModelEntry(path.stem, path, card)
     return found
 
@@ -578,6 +579,7 @@ METHOD_STYLE = {   # method -> (legend name, colour, dash, marker)
     "mone": ("MoNE (EPR)", "#D55E00", "solid", "circle"),
     "random_router": ("MoNE, random router", "#999999", "dot", "x"),
     "matvit": ("MatViT (one nested width)", "#0072B2", "dash", "square"),
+    "matvit_baseline": ("MatViT trained as a baseline", "#009E73", "dashdot", "diamond"),
     "dense": ("dense ViT", "#000000", None, "star"),
 }
 

@@ -6,7 +6,9 @@ Methods, each scored on the same images in one pass over the data per budget (ba
     mone            the model with Expert Preferred Routing at e_c = 0.15, 0.20, …, 1.00
     random_router   the same model and capacities, tokens placed on experts at random (fixed generator seed)
     matvit          the nested sub-models: every token on expert j (capacities one-hot at j), e_c = d_j / D
+    matvit_baseline the same for the MatViT of --matvit-card, trained as a baseline (`mone.train --nested-widths`)
     dense           the dense baseline of --dense-card (one point at its MACs)
+A MatViT card evaluated on its own (--card) has only its `matvit` points: it has no routing to score.
 MACs are analytic multiply-adds per image (`mone.count_macs`). On data with object masks (Scenes, synthetic) the
 router's object precision is measured at every budget: the share of object patches (>= 50 % object pixels) among the
 tokens given to the largest expert, against the object-area share (the fraction of object patches overall) and the
@@ -46,18 +48,34 @@ OBJECT_PATCH = 0.5                                            # a patch is "obje
 HEADLINE_CAPACITIES = (0.25, 0.5, 0.75, 1.0)
 
 
-def runs_for(model: torch.nn.Module, dense: torch.nn.Module | None) -> list[dict]:
-    """Every (method, budget) to score: its name, nominal e_c, forward arguments and MACs per image."""
+def is_matvit(model: torch.nn.Module) -> bool:
+    """A MoNE model trained with `--nested-widths`: a MatViT, whose router was never trained."""
+    return bool(getattr(model, "card", None) and model.card.get("config", {}).get("nested_widths"))
+
+
+def nested_runs(net: MoNEVisionTransformer, method: str) -> list[dict]:
+    """Every token on expert j, for each j: the nested sub-models of `net`, at e_c = d_j / D."""
+    runs = []
+    for j, fraction in enumerate(width_fractions(net.num_experts)):
+        capacities = mone.single_expert_capacities(j, net.num_experts)
+        runs.append(dict(method=method, effective_capacity=fraction, allocator="epr", capacities=capacities,
+                         expert=j, net=net, macs=mone.count_macs(net, capacities=capacities)))
+    return runs
+
+
+def runs_for(model: torch.nn.Module, dense: torch.nn.Module | None,
+             matvit: MoNEVisionTransformer | None = None) -> list[dict]:
+    """Every (method, budget) to score: its name, nominal e_c, the network and its forward arguments, MACs per
+    image."""
     runs = []
     if isinstance(model, MoNEVisionTransformer):
-        for method, allocator in (("mone", "epr"), ("random_router", "random")):
-            runs += [dict(method=method, effective_capacity=c, allocator=allocator, macs=mone.count_macs(model, c))
-                     for c in GRID]
-        for j, fraction in enumerate(width_fractions(model.num_experts)):
-            onehot = torch.zeros(model.num_experts, dtype=torch.float64)
-            onehot[j] = 1.0
-            runs.append(dict(method="matvit", effective_capacity=fraction, allocator="epr", capacities=onehot,
-                             expert=j, macs=mone.count_macs(model, capacities=onehot)))
+        if not is_matvit(model):
+            for method, allocator in (("mone", "epr"), ("random_router", "random")):
+                runs += [dict(method=method, effective_capacity=c, allocator=allocator, net=model,
+                              macs=mone.count_macs(model, c)) for c in GRID]
+        runs += nested_runs(model, "matvit")
+    if matvit is not None:
+        runs += nested_runs(matvit, "matvit_baseline")
     for baseline in (model, dense):
         if baseline is not None and not isinstance(baseline, MoNEVisionTransformer):
             runs.append(dict(method="dense", effective_capacity=1.0, macs=mone.count_macs(baseline), dense=baseline))
@@ -65,20 +83,21 @@ def runs_for(model: torch.nn.Module, dense: torch.nn.Module | None) -> list[dict
 
 
 @torch.inference_mode()
-def score_split(model: torch.nn.Module, dense: torch.nn.Module | None, card: dict, split: str, limit: int | None,
-                batch_size: int, device: torch.device, workers: int, pack: str | None) -> dict:
+def score_split(model: torch.nn.Module, dense: torch.nn.Module | None, matvit: MoNEVisionTransformer | None,
+                card: dict, split: str, limit: int | None, batch_size: int, device: torch.device, workers: int,
+                pack: str | None) -> dict:
     """Points (and object precision where the data has masks) of every run on one split."""
     data, pre = card["data"], card["preprocess"]
     n = min(limit or default_size(data["dataset"], split), default_size(data["dataset"], split))
     images, labels, masks = gather(card_batches(card, split, n, workers, pack))
     mean, std = torch.tensor(pre["mean"], device=device), torch.tensor(pre["std"], device=device)
-    runs = runs_for(model, dense)
+    runs = runs_for(model, dense, matvit)
     # per-image outcomes and counts stay on the device until the end: no host sync per batch
     hits = torch.zeros(len(runs), n, dtype=torch.bool, device=device)                    # (runs, images)
     on_largest, object_on_largest = (torch.zeros(len(runs), dtype=torch.int64, device=device) for _ in range(2))
     object_patches = torch.zeros((), dtype=torch.int64, device=device)
     achieved = [None] * len(runs)
-    routed = isinstance(model, MoNEVisionTransformer) and masks is not None
+    routed = isinstance(model, MoNEVisionTransformer) and not is_matvit(model) and masks is not None
     generators = [torch.Generator().manual_seed(RANDOM_SEED) for _ in runs]    # CPU: what the allocator draws on
     for start in range(0, n, batch_size):
         x = standardize(to_unit(images[start:start + batch_size].to(device), pre["image_size"]), mean, std)
@@ -92,8 +111,8 @@ def score_split(model: torch.nn.Module, dense: torch.nn.Module | None, card: dic
             if run["method"] == "dense":
                 logits = run["dense"](x)
             else:
-                out = model.forward_routing(x, run["effective_capacity"], allocator=run["allocator"],
-                                            capacities=run.get("capacities"), generator=generators[r])
+                out = run["net"].forward_routing(x, run["effective_capacity"], allocator=run["allocator"],
+                                                 capacities=run.get("capacities"), generator=generators[r])
                 logits, achieved[r] = out.logits, out.effective_capacity
                 if routed:
                     largest = out.assignment == model.num_experts - 1                     # (B, N)
@@ -176,15 +195,17 @@ def headline(curves: dict) -> dict:
     """The numbers for the card: top-1 and GMACs at a few budgets, the baselines, and the budget that matches dense."""
     def pick(result: dict, method: str) -> dict:
         return {f"e_c={p['effective_capacity']:g}": p["top1"] for p in result["points"] if p["method"] == method
-                and (method == "matvit" or p["effective_capacity"] in HEADLINE_CAPACITIES)}
+                and (method.startswith("matvit") or p["effective_capacity"] in HEADLINE_CAPACITIES)}
 
     points = curves["points"]
     out = dict(split=curves["split"], images=curves["images"], curves=curves["file"])
     if any(p["method"] == "mone" for p in points):       # a dense card alone has only its one point
         out.update(top1=pick(curves, "mone"), random_router_top1=pick(curves, "random_router"),
-                   matvit_top1=pick(curves, "matvit"),
                    gmacs={f"e_c={p['effective_capacity']:g}": round(p["macs"] / 1e9, 5) for p in points
                           if p["method"] == "mone" and p["effective_capacity"] in HEADLINE_CAPACITIES})
+    for method in ("matvit", "matvit_baseline"):
+        if any(p["method"] == method for p in points):
+            out[f"{method}_top1"] = pick(curves, method)
     dense = [p for p in points if p["method"] == "dense"]
     if dense:
         out.update(dense_top1=dense[0]["top1"], dense_gmacs=round(dense[0]["macs"] / 1e9, 5))
@@ -216,7 +237,7 @@ def plot(curves: dict, path: Path) -> None:
     panels = len(results) + ("object_precision" in curves)
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
     style = {"mone": dict(marker="o", ms=3), "random_router": dict(marker="x", ms=4, ls="--"),
-             "matvit": dict(marker="s", ms=5, ls=":")}
+             "matvit": dict(marker="s", ms=5, ls=":"), "matvit_baseline": dict(marker="D", ms=4, ls="-.")}
     for ax, result in zip(axes[0], results):
         for method, kw in style.items():
             pts = sorted((p for p in result["points"] if p["method"] == method), key=lambda p: p["macs"])
@@ -245,10 +266,25 @@ def plot(curves: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def check_same_data(card_path: Path, card: dict, other_path: str | Path, other: dict) -> None:
+    """A baseline must see the same images, prepared the same way, as the card's model."""
+    for section, key in (("data", "dataset"), ("data", "seed"), ("preprocess", "image_size"),
+                         ("preprocess", "in_chans"), ("preprocess", "mean"), ("preprocess", "std")):
+        ours, theirs = card[section].get(key), other[section].get(key)
+        if ours != theirs:
+            raise ValueError(f"{other_path} does not match {card_path}: {section}.{key} is {theirs!r} there, "
+                             f"{ours!r} here")
+    if card["data"]["dataset"] == "scenes" and mone.scenes_version(card) != mone.scenes_version(other):
+        raise ValueError(f"{other_path} does not match {card_path}: Scenes data version "
+                         f"{mone.scenes_version(other)} there, {mone.scenes_version(card)} here")
+
+
 def evaluate(card_path: str | Path, dense_card: str | Path | None = None, splits: Sequence[str] | None = None,
              limit: int | None = None, batch_size: int = 512, device: str = "auto", workers: int = 4,
-             out_dir: str | Path = "assets/curves", scenes_pack: str | None = None, command: str = "") -> dict:
-    """Score the card's model (and the dense baseline), write the curve JSON and PNG, fill the card's `evaluation`."""
+             out_dir: str | Path = "assets/curves", scenes_pack: str | None = None, command: str = "",
+             matvit_card: str | Path | None = None) -> dict:
+    """Score the card's model (and the dense and MatViT baselines), write the curve JSON and PNG, fill the card's
+    `evaluation`."""
     t0 = time.time()
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           "cpu" if device == "auto" else device)
@@ -256,25 +292,23 @@ def evaluate(card_path: str | Path, dense_card: str | Path | None = None, splits
     model = mone.load_model(card_path, device)
     card = model.card
     dense = mone.load_model(dense_card, device) if dense_card else None
-    if dense is not None:       # the baseline must see the same images, prepared the same way
-        for section, key in (("data", "dataset"), ("data", "seed"), ("preprocess", "image_size"),
-                             ("preprocess", "in_chans"), ("preprocess", "mean"), ("preprocess", "std")):
-            ours, theirs = card[section].get(key), dense.card[section].get(key)
-            if ours != theirs:
-                raise ValueError(f"{dense_card} does not match {card_path}: {section}.{key} is {theirs!r} there, "
-                                 f"{ours!r} here")
-        if card["data"]["dataset"] == "scenes" and mone.scenes_version(card) != mone.scenes_version(dense.card):
-            raise ValueError(f"{dense_card} does not match {card_path}: Scenes data version "
-                             f"{mone.scenes_version(dense.card)} there, {mone.scenes_version(card)} here")
+    matvit = mone.load_model(matvit_card, device) if matvit_card else None
+    if matvit is not None and not is_matvit(matvit):
+        raise ValueError(f"{matvit_card} is not a MatViT: train it with `python -m mone.train --nested-widths`")
+    for path, baseline in ((dense_card, dense), (matvit_card, matvit)):
+        if baseline is not None:
+            check_same_data(card_path, card, path, baseline.card)
     splits = list(splits or dataset_info(card["data"]["dataset"])["eval_splits"])
-    results = [score_split(model, dense, card, s, limit, batch_size, device, workers, scenes_pack) for s in splits]
+    results = [score_split(model, dense, matvit, card, s, limit, batch_size, device, workers, scenes_pack)
+               for s in splits]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = card_path.stem
     write_outcomes(out_dir / f"{name}.outcomes.safetensors",
                    {key: hit for r in results for key, hit in r.pop("outcomes").items()})
     curves = dict(model=name, card=str(card_path), architecture=card["model"],
-                  dense_card=str(dense_card) if dense_card else None, unit="MACs per image (multiply-adds)",
+                  dense_card=str(dense_card) if dense_card else None,
+                  matvit_card=str(matvit_card) if matvit_card else None, unit="MACs per image (multiply-adds)",
                   grid=list(GRID), random_seed=RANDOM_SEED, object_patch_threshold=OBJECT_PATCH, **results[0],
                   splits={r["split"]: r for r in results[1:]},
                   file=os.path.relpath(out_dir / f"{name}.json", card_path.parent),   # as the card refers to it
@@ -284,7 +318,7 @@ def evaluate(card_path: str | Path, dense_card: str | Path | None = None, splits
     (out_dir / f"{name}.json").write_text(json.dumps(curves, indent=1) + "\n")
     plot(curves, out_dir / f"{name}.png")
     card["evaluation"] = dict(headline(curves), evaluated=curves["evaluated"], command=command,
-                              limit=limit, dense_card=curves["dense_card"])
+                              limit=limit, dense_card=curves["dense_card"], matvit_card=curves["matvit_card"])
     card_path.write_text(json.dumps(card, indent=1) + "\n")
     print(f"wrote {out_dir / name}.json, {out_dir / name}.png and the evaluation of {card_path} "
           f"({curves['seconds']} s)", file=sys.stderr)
@@ -296,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--card", required=True, help="the model card (MoNE or dense) to evaluate")
     parser.add_argument("--dense-card", default=None, help="the dense baseline's card (adds the 'dense' point)")
+    parser.add_argument("--matvit-card", default=None,
+                        help="a MatViT trained with --nested-widths (adds its widths as 'matvit_baseline' points)")
     parser.add_argument("--split", nargs="+", default=None, help="default: test (+ test_instances on Scenes)")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N images of each split")
     parser.add_argument("--batch-size", type=int, default=512)
@@ -306,7 +342,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     evaluate(args.card, args.dense_card, args.split, args.limit, args.batch_size, args.device, args.workers,
-             args.out_dir, args.scenes_pack, "python -m mone.evaluate " + " ".join(shlex.quote(a) for a in argv))
+             args.out_dir, args.scenes_pack, "python -m mone.evaluate " + " ".join(shlex.quote(a) for a in argv),
+             args.matvit_card)
     print(json.dumps(json.loads(Path(args.card).read_text())["evaluation"], indent=1))
 
 

@@ -56,17 +56,22 @@ def write_card(directory, name="tiny", model="mone_vit_tiny_patch4_32", in_chans
         for j, f in enumerate([0.125, 0.25, 0.5, 1.0]):
             caps = torch.zeros(4, dtype=torch.float64)
             caps[j] = 1
-            pts.append(dict(method="matvit", effective_capacity=f, macs=mone.count_macs(m, f, capacities=caps),
-                            top1=0.4 + 0.45 * f, expert=j))
+            for method, top1 in (("matvit", 0.4 + 0.45 * f), ("matvit_baseline", 0.42 + 0.45 * f)):
+                pts.append(dict(method=method, effective_capacity=f, macs=mone.count_macs(m, f, capacities=caps),
+                                top1=top1, expert=j))
         pts.append(dict(method="dense", effective_capacity=1.0, macs=mone.dense_macs(m), top1=0.9))
         (directory / "curves" / f"{name}.json").write_text(json.dumps(dict(model=name, split="test", points=pts)))
     return m
 
 
 def make_assets(directory):
-    """tiny (RGB, with curve), tiny_grey (1 channel, no curve), broken (corrupt weights), missing (no weights)."""
+    """tiny (RGB, with curve), tiny_grey (1 channel, no curve), broken (corrupt weights), missing (no weights),
+    a_matvit (a MatViT baseline: not an app model)."""
     directory = Path(directory)
     write_card(directory, "tiny")
+    write_card(directory, "a_matvit", curve=False)
+    card = json.loads((directory / "a_matvit.json").read_text())
+    (directory / "a_matvit.json").write_text(json.dumps({**card, "config": {"nested_widths": True}}))
     write_card(directory, "tiny_grey", in_chans=1, curve=False, seed=1)
     write_card(directory, "broken", curve=False)
     (directory / "broken.safetensors").write_bytes(b"\x00" * 100)
@@ -166,7 +171,7 @@ def test_to_model_input_squashes_whole_image_and_handles_grey():
 # ------------------------------------------------------------------------------------------ discovery
 def test_discovers_cards_and_default(inf, assets):
     names = inf.model_names()
-    assert set(names) == {"tiny", "tiny_grey", "broken", "missing"}          # not_a_card.json is skipped
+    assert set(names) == {"tiny", "tiny_grey", "broken", "missing"}    # not_a_card.json and the MatViT are skipped
     assert inf.default_model() in ("broken", "missing", "tiny")              # first RGB card by name
     os.environ["MONE_DEFAULT_MODEL"] = "tiny"
     try:
@@ -203,7 +208,8 @@ def test_analyze_image_outputs(inf, photo):
     assert "Tokens per expert" in r.readout and "Measured latency" in r.readout and "% of dense" in r.budget_macs
     fig = json.loads(r.curve.plot)
     names = [t.get("name", "") for t in fig["data"]]
-    assert {"MoNE (EPR)", "MoNE, random router", "MatViT (one nested width)", "dense ViT"} <= set(names)
+    assert {"MoNE (EPR)", "MoNE, random router", "MatViT (one nested width)", "MatViT trained as a baseline",
+            "dense ViT"} <= set(names)
     point = next(t for t in fig["data"] if t["name"].startswith("current budget"))
     assert point["x"][0] == pytest.approx(d["macs"] / 1e6)         # tiny model: MMACs axis
     assert point["y"][0] == pytest.approx((0.5 + 0.4 * 0.5) * 100)

@@ -9,13 +9,15 @@ from mone.train import parse_args, train
 
 @pytest.fixture(scope="module")
 def cards(tmp_path_factory):
-    """A tiny MoNE and a tiny dense model, trained for a few steps on the synthetic set (it has object masks)."""
+    """A tiny MoNE, dense model and MatViT, trained for a few steps on the synthetic set (it has object masks)."""
     root = tmp_path_factory.mktemp("eval")
     paths = {}
-    for kind in ("mone", "dense"):
-        train(parse_args(["--dataset", "synthetic", "--model", f"{kind}_vit_tiny_patch4_32", "--device", "cpu",
+    for kind in ("mone", "dense", "matvit"):
+        extra = ["--nested-widths"] if kind == "matvit" else []
+        model = "dense" if kind == "dense" else "mone"
+        train(parse_args(["--dataset", "synthetic", "--model", f"{model}_vit_tiny_patch4_32", "--device", "cpu",
                           "--batch-size", "32", "--train-size", "64", "--eval-size", "16", "--epochs", "1",
-                          "--workers", "0", "--out-dir", str(root / f"run_{kind}"),
+                          "--workers", "0", "--out-dir", str(root / f"run_{kind}"), *extra,
                           "--export", str(root / "assets" / f"{kind}_tiny")]))
         paths[kind] = root / "assets" / f"{kind}_tiny.json"
     return paths
@@ -86,6 +88,28 @@ def test_random_router_is_reproducible_and_dense_cards_evaluate_alone(cards, tmp
     evaluation = json.loads(cards["dense"].read_text())["evaluation"]
     assert evaluation["dense_top1"] == dense["points"][0]["top1"]
     assert "top1" not in evaluation and "matvit_top1" not in evaluation     # no empty MoNE fields on a dense card
+
+
+def test_a_matvit_baseline_adds_its_widths_and_alone_has_no_routing_to_score(cards, tmp_path):
+    both = evaluate(cards["mone"], cards["dense"], limit=16, device="cpu", out_dir=tmp_path / "a",
+                    matvit_card=cards["matvit"])
+    baseline = [p for p in both["points"] if p["method"] == "matvit_baseline"]
+    own = [p for p in both["points"] if p["method"] == "matvit"]
+    assert [p["effective_capacity"] for p in baseline] == [0.125, 0.25, 0.5, 1.0]
+    assert [p["macs"] for p in baseline] == [p["macs"] for p in own]          # same shape, same widths
+    assert both["matvit_card"] == str(cards["matvit"])
+    evaluation = json.loads(cards["mone"].read_text())["evaluation"]
+    assert set(evaluation["matvit_baseline_top1"]) == {"e_c=0.125", "e_c=0.25", "e_c=0.5", "e_c=1"}
+    # alone, the MatViT card has only its widths (its router was never trained) and the same per-image results
+    alone = evaluate(cards["matvit"], limit=16, device="cpu", out_dir=tmp_path / "b")
+    assert {p["method"] for p in alone["points"]} == {"matvit"} and "object_precision" not in alone
+    for mine, theirs in zip(alone["points"], baseline):
+        assert (read_outcomes(tmp_path / "b" / "matvit_tiny.json", "test", mine) ==
+                read_outcomes(tmp_path / "a" / "mone_tiny.json", "test", theirs)).all()
+    evaluation = json.loads(cards["matvit"].read_text())["evaluation"]
+    assert "top1" not in evaluation and set(evaluation["matvit_top1"]) == {"e_c=0.125", "e_c=0.25", "e_c=0.5", "e_c=1"}
+    with pytest.raises(ValueError, match="is not a MatViT"):
+        evaluate(cards["mone"], matvit_card=cards["mone"], limit=4, device="cpu", out_dir=tmp_path / "c")
 
 
 def test_a_dense_card_prepared_differently_is_refused(cards):

@@ -64,6 +64,30 @@ def test_targets_table_gives_each_gap_its_standard_error(tmp_path, monkeypatch):
         "| FM: MoNE e_c=0.3 above every MatViT point of ≥ its MACs (pt over the best) | -10.0 | ≤ 0.5 | no |"]
 
 
+def test_a_matvit_trained_as_a_baseline_gets_its_target_row_and_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "ASSETS", tmp_path)
+    monkeypatch.setattr(report, "CURVES", [("m", "FM", "fashion_mnist")])
+    widths = [(0.125, 10, 0.5, 0.6), (0.25, 20, 0.7, 0.75), (0.5, 40, 0.84, 0.82), (1.0, 80, 0.85, 0.9)]
+    points = [dict(method="dense", effective_capacity=1.0, macs=100, top1=0.9),
+              dict(method="mone", effective_capacity=0.5, macs=50, top1=0.896),
+              dict(method="mone", effective_capacity=0.3, macs=30, top1=0.85)]
+    for e_c, macs, own, trained in widths:
+        points += [dict(method="matvit", effective_capacity=e_c, macs=macs, top1=own),
+                   dict(method="matvit_baseline", effective_capacity=e_c, macs=macs, top1=trained)]
+    (tmp_path / "curves").mkdir()
+    (tmp_path / "curves" / "m.json").write_text(json.dumps(dict(split="test", images=10_000, points=points)))
+    rows = report.targets_table()
+    # the own widths at >= 30 MACs are 84 and 85 %; the trained MatViT's 82 and 90 %: the best of each counts
+    assert rows[-2] == "| FM: MoNE e_c=0.3 above every MatViT point of ≥ its MACs (pt over the best) | +0.0 | ≤ 0.5 | no |"
+    assert rows[-1].startswith("| FM: MoNE e_c=0.3 above every point of ≥ its MACs of the MatViT trained as a "
+                               "baseline (pt over the best) | -5.0 | ")
+    assert report.matvit_table()[2:] == ["| FM | 10000 | 60.0 / 75.0 / 82.0 / 90.0 | 50.0 / 70.0 / 84.0 / 85.0 | "
+                                         "85.0 (0.30) | 90.0 |"]
+    (tmp_path / "curves" / "m.json").write_text(json.dumps(dict(
+        split="test", images=10_000, points=[p for p in points if p["method"] != "matvit_baseline"])))
+    assert report.matvit_table() == [] and "trained as a baseline" not in report.targets_table()[-1]
+
+
 def test_paired_standard_error_of_a_difference_on_the_same_images():
     import numpy as np
     import pytest
