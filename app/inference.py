@@ -106,7 +106,7 @@ def discover_models(directory: str | Path | None = None) -> dict[str, ModelEntry
             card = mone.read_card(path)
         except (ValueError, OSError):
             continue
-        if str(card.get("model", "")).startswith("mone_") and not card.get("config", {}).get("nested_widths"):
+        if str(card.get("model", "")).startswith("mone_") and not mone.is_matvit(card):
             found[path.stem] = ModelEntry(path.stem, path, card)
     return found
 

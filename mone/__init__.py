@@ -4,7 +4,7 @@ from .allocators import ALLOCATORS, SPLIT_METHODS, capacity_split, get_allocator
 from .capacity import (achieved_capacity, capacity_distribution, expert_dims, min_effective_capacity,
                        single_expert_capacities, tokens_per_expert, validate_effective_capacity,
                        width_fractions)
-from .checkpoint import load_model, read_card, save_weights, scenes_version
+from .checkpoint import is_matvit, load_model, read_card, save_weights, scenes_version
 from .flops import count_macs, dense_macs
 from .models import MoNEOutput, MoNEVisionTransformer, TRAIN_CAPACITIES
 from .routers import ROUTERS

@@ -36,6 +36,11 @@ def scenes_version(card: dict) -> int:
     return card["data"].get("generator", {}).get("version", 1)
 
 
+def is_matvit(card: dict) -> bool:
+    """A card of a MatViT baseline (`mone.train --nested-widths`): a MoNE model whose router was never trained."""
+    return bool(card.get("config", {}).get("nested_widths"))
+
+
 def save_weights(model: torch.nn.Module, path: str | Path, dtype: torch.dtype = torch.float32) -> None:
     """State dict to safetensors (contiguous copies, optionally cast, e.g. to fp16 to stay under 25 MB)."""
     tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()

@@ -48,11 +48,6 @@ OBJECT_PATCH = 0.5                                            # a patch is "obje
 HEADLINE_CAPACITIES = (0.25, 0.5, 0.75, 1.0)
 
 
-def is_matvit(model: torch.nn.Module) -> bool:
-    """A MoNE model trained with `--nested-widths`: a MatViT, whose router was never trained."""
-    return bool(getattr(model, "card", None) and model.card.get("config", {}).get("nested_widths"))
-
-
 def nested_runs(net: MoNEVisionTransformer, method: str) -> list[dict]:
     """Every token on expert j, for each j: the nested sub-models of `net`, at e_c = d_j / D."""
     runs = []
@@ -69,7 +64,7 @@ def runs_for(model: torch.nn.Module, dense: torch.nn.Module | None,
     image."""
     runs = []
     if isinstance(model, MoNEVisionTransformer):
-        if not is_matvit(model):
+        if not mone.is_matvit(model.card):
             for method, allocator in (("mone", "epr"), ("random_router", "random")):
                 runs += [dict(method=method, effective_capacity=c, allocator=allocator, net=model,
                               macs=mone.count_macs(model, c)) for c in GRID]
@@ -97,7 +92,7 @@ def score_split(model: torch.nn.Module, dense: torch.nn.Module | None, matvit: M
     on_largest, object_on_largest = (torch.zeros(len(runs), dtype=torch.int64, device=device) for _ in range(2))
     object_patches = torch.zeros((), dtype=torch.int64, device=device)
     achieved = [None] * len(runs)
-    routed = isinstance(model, MoNEVisionTransformer) and not is_matvit(model) and masks is not None
+    routed = isinstance(model, MoNEVisionTransformer) and not mone.is_matvit(card) and masks is not None
     generators = [torch.Generator().manual_seed(RANDOM_SEED) for _ in runs]    # CPU: what the allocator draws on
     for start in range(0, n, batch_size):
         x = standardize(to_unit(images[start:start + batch_size].to(device), pre["image_size"]), mean, std)
@@ -293,7 +288,7 @@ def evaluate(card_path: str | Path, dense_card: str | Path | None = None, splits
     card = model.card
     dense = mone.load_model(dense_card, device) if dense_card else None
     matvit = mone.load_model(matvit_card, device) if matvit_card else None
-    if matvit is not None and not is_matvit(matvit):
+    if matvit is not None and not mone.is_matvit(matvit.card):
         raise ValueError(f"{matvit_card} is not a MatViT: train it with `python -m mone.train --nested-widths`")
     for path, baseline in ((dense_card, dense), (matvit_card, matvit)):
         if baseline is not None:

@@ -54,8 +54,7 @@ def write_card(directory, name="tiny", model="mone_vit_tiny_patch4_32", in_chans
             pts.append(dict(method="random_router", effective_capacity=b, macs=mone.count_macs(m, b),
                             top1=0.45 + 0.4 * b))
         for j, f in enumerate([0.125, 0.25, 0.5, 1.0]):
-            caps = torch.zeros(4, dtype=torch.float64)
-            caps[j] = 1
+            caps = mone.single_expert_capacities(j)
             for method, top1 in (("matvit", 0.4 + 0.45 * f), ("matvit_baseline", 0.42 + 0.45 * f)):
                 pts.append(dict(method=method, effective_capacity=f, macs=mone.count_macs(m, f, capacities=caps),
                                 top1=top1, expert=j))

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from mone.capacity import (achieved_capacity, capacity_distribution, expert_dims, tokens_per_expert,
-                           width_fractions)
+from mone.capacity import (achieved_capacity, capacity_distribution, expert_dims, single_expert_capacities,
+                           tokens_per_expert, width_fractions)
 
 # Experts ordered D/8, D/4, D/2, D (docs/mone-paper.md).
 VECTORS = {
@@ -86,3 +86,12 @@ def test_expert_dims():
     assert expert_dims(384) == [48, 96, 192, 384]
     with pytest.raises(ValueError, match="divisible"):
         expert_dims(100)
+
+
+def test_single_expert_capacities_put_every_token_on_one_expert():
+    for j in range(4):
+        c = single_expert_capacities(j)
+        assert c.tolist() == [1.0 if i == j else 0.0 for i in range(4)]
+        assert achieved_capacity(tokens_per_expert(c, 49)) == width_fractions(4)[j]
+    with pytest.raises(ValueError, match=r"expert must be in \[0, 4\), got 4"):
+        single_expert_capacities(4)
