@@ -45,8 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))    # run from a che
 import mone  # noqa: E402
 from mone.capacity import capacity_distribution, tokens_per_expert  # noqa: E402
 from mone.checkpoint import read_card  # noqa: E402
-from mone.data import patch_object_fraction  # noqa: E402
-from mone.evaluate import OBJECT_PATCH  # noqa: E402
+from mone.data import OBJECT_PATCH, patch_object_fraction  # noqa: E402
 from mone.train import card_batches, gather, standardize, to_unit  # noqa: E402
 
 CAPACITIES = (0.25, 0.3, 0.4, 0.5)                # at e_c <= 0.2 the largest expert gets no token (N = 144)

@@ -38,13 +38,12 @@ from safetensors.numpy import save_file
 
 import mone
 from mone.capacity import width_fractions
-from mone.data import patch_object_fraction
+from mone.data import OBJECT_PATCH, patch_object_fraction
 from mone.models import MoNEVisionTransformer
 from mone.train import card_batches, dataset_info, default_size, gather, git_commit, now, standardize, to_unit
 
 GRID = tuple(round(0.15 + 0.05 * i, 2) for i in range(18))   # 0.15, 0.20, …, 1.00
 RANDOM_SEED = 0                                               # the random allocator's generator, per budget
-OBJECT_PATCH = 0.5                                            # a patch is "object" if >= 50 % of its pixels are
 HEADLINE_CAPACITIES = (0.25, 0.5, 0.75, 1.0)
 
 

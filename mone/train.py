@@ -17,6 +17,13 @@ frozen at their initial values (alpha = 0, so Eq. 1's FFN scale is 1 and the rou
 per step, rather than MatFormer's summed loss over all widths, keeps the step's cost that of one forward, so isoFLOPs
 treats it exactly as it treats MoNE.
 
+Mask-supervised router (`--router-mask-loss W`, a diagnostic, not the paper: MoNE trains on cross-entropy alone):
+on data with object masks (Scenes, synthetic) W times a binary cross-entropy is added that pushes the router's
+largest-expert probability r_iE (the score EPR ranks by first) towards 1 on object patches (>= 50 % object pixels of
+the augmented mask, the evaluation's definition) and towards 0 elsewhere. It asks whether the architecture can learn
+to send objects to the largest expert when told where they are, and what that does to accuracy at low budgets. The
+mask rides through the augmentation as one more image channel, so the draws are those of the run without it.
+
 isoFLOPs (`--iso-flops-of dense`): a MoNE step costs less than a dense step, so MoNE gets
     steps × dense MACs / mean over the training budgets (or MatViT widths) of MoNE MACs
 steps (`mone.dense_macs` / `mone.count_macs`, forward MACs per image; backward costs about twice the forward for both
@@ -88,6 +95,8 @@ class TrainConfig:
     iso_flops_of: str | None = None             # "dense": give MoNE as many training MACs as its dense twin
     nested_widths: bool = False                 # MatViT baseline: each step puts every token on one expert, drawn
                                                 # uniformly; router and alphas frozen (the MoNE model minus routing)
+    router_mask_loss: float = 0.0               # > 0: weight of the mask-supervised router loss (a diagnostic; see
+                                                # the docstring); 0 is the paper's plain cross-entropy
     # --- data
     dataset: str = "fashion_mnist"              # fashion_mnist | scenes | synthetic (tiny, in memory, for tests)
     train_size: int | None = None               # images per epoch; None: the whole split (Scenes: 50 000)
@@ -280,6 +289,19 @@ def augment(x: torch.Tensor, image_size: int, recipe: dict, gen: torch.Generator
                          align_corners=False)
 
 
+def mask_router_loss(router_logits: torch.Tensor, object_pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Binary cross-entropy of the largest expert's router probability against the object patches.
+
+    router_logits (B, N, E) for row-major patches; object_pixels (B, H, W) in [0, 1]. The largest expert's logit
+    against the log-sum-exp of the others is log(r_E / (1 - r_E)), so this is BCE(r_E, patch is object) computed
+    stably.
+    """
+    from mone.data import OBJECT_PATCH, patch_object_fraction     # Scenes imports OpenCV: only when used
+    target = (patch_object_fraction(object_pixels, patch_size) >= OBJECT_PATCH).flatten(1)   # (B, N)
+    largest = router_logits[..., -1] - router_logits[..., :-1].logsumexp(-1)                # (B, N)
+    return F.binary_cross_entropy_with_logits(largest, target.to(largest.dtype))
+
+
 # ------------------------------------------------------------------------------------------------- small helpers
 def derive_seed(*keys: int) -> int:
     """A 63-bit seed from a tuple of integers (SeedSequence hashing: nearby tuples give unrelated streams)."""
@@ -450,6 +472,12 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
     if cfg.nested_widths and (not cfg.model.startswith("mone_") or cfg.effective_capacity is not None):
         raise ValueError("--nested-widths trains a MoNE model's nested widths: it needs a mone_* model and no "
                          "--effective-capacity")
+    if cfg.router_mask_loss < 0:
+        raise ValueError(f"--router-mask-loss must be >= 0, got {cfg.router_mask_loss}")
+    if cfg.router_mask_loss and (not cfg.model.startswith("mone_") or cfg.nested_widths
+                                 or cfg.dataset not in ("scenes", "synthetic")):
+        raise ValueError("--router-mask-loss supervises a MoNE router with object masks: it needs a mone_* model "
+                         "without --nested-widths, on scenes or synthetic data (the datasets with masks)")
     torch.manual_seed(cfg.seed)
     model = timm.create_model(cfg.model, drop_path_rate=cfg.drop_path, **model_kwargs).to(device)
     is_mone = isinstance(model, MoNEVisionTransformer)
@@ -458,6 +486,10 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
         for block in model.blocks:
             block.alpha.requires_grad_(False)
     image_size = model.patch_embed.img_size[0]
+    router_logits = []      # with --router-mask-loss: the router's output of this step's forward, via a hook
+    if cfg.router_mask_loss:
+        model.router.register_forward_hook(lambda module, args, out: router_logits.append(out) if module.training
+                                           else None)
     mean, std = torch.tensor(info["mean"], device=device), torch.tensor(info["std"], device=device)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     decays = {n: p.ndim >= 2 and n != "pos_embed" for n, p in trainable.items()}   # no decay: biases, norms…
@@ -574,7 +606,9 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
     start_epoch = step // steps_per_epoch
     pending = load("train", epoch_indices(start_epoch)) if start_epoch < num_epochs else None
     for epoch in range(start_epoch, num_epochs):
-        train_x, train_y, _ = pending.result()
+        train_x, train_y, train_masks = pending.result()
+        if cfg.router_mask_loss:     # the mask as a last uint8 channel: augmented by the same resampling as the image
+            train_x = torch.cat([train_x, train_masks.unsqueeze(1).to(torch.uint8) * 255], 1)
         train_x, train_y = train_x.to(device), train_y.to(device)
         if cfg.fresh_each_epoch and epoch + 1 < num_epochs:
             pending = load("train", epoch_indices(epoch + 1))    # generated while this epoch trains
@@ -582,6 +616,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
             derive_seed(cfg.seed, 3, epoch, rank))).to(device)
         epoch_end = min((epoch + 1) * steps_per_epoch, total_steps)
         loss_sum, steps_logged, t_log = torch.zeros((), device=device), 0, time.time()
+        router_loss_sum = torch.zeros((), device=device)
         while step < epoch_end:
             # every random draw of this step comes from generators seeded by (seed, step): resume is exact
             torch.manual_seed(derive_seed(cfg.seed, 0, step))
@@ -597,6 +632,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
             i = step - epoch * steps_per_epoch
             idx = order[i * batch:(i + 1) * batch]
             x = augment(train_x[idx], image_size, recipe, aug_gen) if cfg.augment else to_unit(train_x[idx], image_size)
+            if cfg.router_mask_loss:
+                x, object_pixels = x[:, :-1], x[:, -1]                      # (B, C, H, W), (B, H, W)
             x = standardize(x, mean, std)
             lr = lr_at(step, cfg, warmup_steps, total_steps)
             for group in opt.param_groups:
@@ -604,6 +641,11 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
             with amp():
                 logits = ddp_model(x, **budget)
             loss = F.cross_entropy(logits.float(), train_y[idx], label_smoothing=cfg.label_smoothing)
+            if cfg.router_mask_loss:
+                router_loss = mask_router_loss(router_logits.pop().float(), object_pixels,
+                                               model.patch_embed.patch_size[0])
+                router_loss_sum += router_loss.detach()
+                loss = loss + cfg.router_mask_loss * router_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -620,10 +662,13 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
                               img_per_s=round(steps_logged * cfg.batch_size / (time.time() - t_log), 1))
                 if is_mone:   # the router learns only through alpha·r (Eq. 1): at alpha <= 0 in every block it is frozen
                     record["alpha"] = [round(block.alpha.item(), 4) for block in model.blocks]
+                if cfg.router_mask_loss:   # `loss` above is the total; this is the router term before its weight
+                    record["router_loss"] = round(router_loss_sum.item() / steps_logged, 5)
                 log(record)
                 if bar:
                     bar.set_postfix(loss=record["loss"], lr=f"{lr:.2e}", e_c=e_c)
                 loss_sum, steps_logged, t_log = torch.zeros((), device=device), 0, time.time()
+                router_loss_sum = torch.zeros((), device=device)
             if step % cfg.ckpt_every == 0:
                 checkpoint()
             if cfg.max_minutes is not None and (not distributed or step % cfg.log_every == 0):

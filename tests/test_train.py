@@ -12,7 +12,9 @@ from safetensors.torch import load_file
 
 import mone
 from mone.models import ALPHA_MAX, ALPHA_MIN
-from mone.train import AUGMENT, VAL_OFFSET, augment, iso_flops_factor, main, parse_args, train, validation_indices
+from mone.data import OBJECT_PATCH, patch_object_fraction
+from mone.train import (AUGMENT, VAL_OFFSET, augment, dataset_info, iso_flops_factor, main, mask_router_loss,
+                        parse_args, standardize, synthetic_items, train, validation_indices)
 
 TINY = ["--dataset", "synthetic", "--model", "mone_vit_tiny_patch4_32", "--device", "cpu", "--batch-size", "32",
         "--eval-size", "32", "--workers", "0"]
@@ -165,6 +167,43 @@ def test_nested_widths_trains_a_matvit_every_token_on_one_drawn_expert(tmp_path)
     with pytest.raises(ValueError, match="needs a mone_"):
         train(parse_args([*TINY, "--model", "dense_vit_tiny_patch4_32", "--nested-widths",
                           "--out-dir", str(tmp_path / "dense")]))
+
+
+def test_mask_router_loss_hand_worked():
+    # 4x4 mask, 2x2 patches with object fractions 1, 0.5 | 0.25, 0: targets 1, 1, 0, 0 (>= 50 % object pixels)
+    pixels = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.float32)[None]
+    ln3 = torch.log(torch.tensor(3.0))
+    two_experts = torch.stack([torch.zeros(4), torch.stack([ln3, ln3, -ln3, ln3])], -1)[None]   # r_E = .75 .75 .25 .75
+    expected = (3 * -torch.log(torch.tensor(0.75)) - torch.log(torch.tensor(0.25))) / 4
+    torch.testing.assert_close(mask_router_loss(two_experts, pixels, 2), expected)
+    # E = 3: the largest expert's logit is set against the log-sum-exp of the others: r_E = 2 / (1 + 1 + 2) = 0.5
+    three_experts = torch.tensor([0.0, 0.0, torch.log(torch.tensor(2.0))]).expand(1, 4, 3)
+    torch.testing.assert_close(mask_router_loss(three_experts, pixels, 2), torch.log(torch.tensor(2.0)))
+
+
+def test_router_mask_loss_teaches_the_router_the_object_patches(tmp_path):
+    summary = run(tmp_path / "run", "--router-mask-loss", "1", "--epochs", "4", "--train-size", "256", "--lr",
+                  "3e-3", "--warmup-epochs", "0.25", "--log-every", "1", "--export", str(tmp_path / "supervised"))
+    router = [r["router_loss"] for r in records(tmp_path / "run" / "log.jsonl") if "loss" in r]
+    assert len(router) == 32 and sum(router[-4:]) / 4 < sum(router[:4]) / 4 - 0.1
+    assert json.loads((tmp_path / "supervised.json").read_text())["config"]["router_mask_loss"] == 1.0
+    plain = run(tmp_path / "plain", "--epochs", "1", "--train-size", "64", "--log-every", "1")
+    assert "router_loss" not in records(tmp_path / "plain" / "log.jsonl")[0]
+    # the supervised router ranks object patches first for the largest expert on images it never trained on
+    images, _, masks = synthetic_items("test", range(64), 32, 0)
+    info = dataset_info("synthetic")
+    x = standardize(images.float() / 255, torch.tensor(info["mean"]), torch.tensor(info["std"]))
+    is_object = (patch_object_fraction(masks, 4) >= OBJECT_PATCH).flatten(1)             # (B, N)
+    for model, better in ((summary["model"], True), (plain["model"], False)):
+        with torch.inference_mode():
+            out = model.forward_routing(x, 0.5)
+        largest = out.assignment == 3
+        precision = (largest & is_object).sum() / largest.sum()
+        assert (precision > 2 * is_object.float().mean()) == better
+    for bad, message in ((["--model", "dense_vit_tiny_patch4_32"], "needs a mone_"),
+                         (["--nested-widths"], "needs a mone_"), (["--router-mask-loss", "-1"], ">= 0")):
+        with pytest.raises(ValueError, match=message):
+            train(parse_args([*TINY, "--router-mask-loss", "1", *bad, "--out-dir", str(tmp_path / "bad")]))
 
 
 def test_ddp_two_processes_keep_identical_weights(tmp_path):

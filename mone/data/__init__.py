@@ -17,7 +17,7 @@ from .imagefolder import IMAGENET_MEAN, IMAGENET_STD, load_imagefolder
 
 # ``scenes`` (OpenCV) is imported lazily, on first use of one of these names, so that
 # ``python -m mone.data.scenes`` does not import it twice.
-_SCENES_NAMES = ("ScenesDataset", "build_source_pack", "default_pack_path", "load_scenes", "load_source_pack",
+_SCENES_NAMES = ("OBJECT_PATCH", "ScenesDataset", "build_source_pack", "default_pack_path", "load_scenes", "load_source_pack",
                  "patch_object_fraction", "write_examples")
 
 
@@ -70,5 +70,5 @@ def dataset_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 __all__ = [
     "get_dataset", "dataset_stats", "MEAN", "STD", "CLASSES", "NATIVE_SIZE", "DATASETS",
     "FashionMNIST", "load_fashion_mnist", "ScenesDataset", "load_scenes", "build_source_pack", "load_source_pack",
-    "default_pack_path", "patch_object_fraction", "write_examples", "load_imagefolder",
+    "default_pack_path", "OBJECT_PATCH", "patch_object_fraction", "write_examples", "load_imagefolder",
 ]

@@ -654,6 +654,9 @@ def load_scenes(split: str = "train", image_size: int = 96, length: int | None =
     return ScenesDataset(split, length, image_size=image_size, seed=seed, pack_path=pack_path, version=version)
 
 
+OBJECT_PATCH = 0.5     # a patch is an "object patch" if >= 50 % of its pixels are object (evaluation and training)
+
+
 def patch_object_fraction(mask, patch_size: int):
     """Share of object pixels in every ``patch_size`` x ``patch_size`` patch.
 
