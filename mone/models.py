@@ -170,11 +170,13 @@ class MoNEVisionTransformer(VisionTransformer):
         return float(self.train_capacities[int(torch.randint(len(self.train_capacities), ()))])
 
     def forward_routing(self, x: torch.Tensor, effective_capacity: float | None = None, allocator: str = "epr",
-                        capacities: torch.Tensor | None = None,
-                        generator: torch.Generator | None = None) -> MoNEOutput:
+                        capacities: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                        scores: torch.Tensor | None = None) -> MoNEOutput:
         """Images (B, C, H, W) -> logits and the routing that produced them.
 
         `capacities` (E,) overrides the split derived from `effective_capacity` (e.g. one-hot: a MatViT sub-model).
+        `scores` (B, N, E) replaces the router's probabilities as what the allocator ranks tokens by (e.g. an oracle
+        that knows the object masks); Eq. 1's FFN scale still uses the router's probability of the assigned expert.
         """
         x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))           # (B, N, D)
         b, n, d = x.shape
@@ -182,7 +184,8 @@ class MoNEVisionTransformer(VisionTransformer):
         if capacities is None:
             capacities = capacity_distribution(self._resolve_capacity(effective_capacity), self.num_experts)
         k = tokens_per_expert(capacities, n)                                                # (E,)
-        assignment = get_allocator(allocator)(router_probs.detach(), k, generator)         # (B, N)
+        ranked_by = router_probs.detach() if scores is None else scores                     # (B, N, E)
+        assignment = get_allocator(allocator)(ranked_by, k, generator)                      # (B, N)
         expert_prob = router_probs.gather(2, assignment.unsqueeze(-1))                     # (B, N, 1)
         groups = token_groups(k.tolist(), self.expert_dims, b)
         token_major = len(groups) > 1

@@ -251,6 +251,43 @@ def router_ceiling_table() -> list[str]:
     return rows[:-1]
 
 
+def oracle_routing_table() -> list[str]:
+    """A trained model's accuracy when EPR ranks tokens by the object masks (`bench/oracle_routing.py`)."""
+    rows = []
+    for path in sorted((ASSETS / "bench").glob("oracle_routing*.json")):
+        data = _load(path)
+        card = ASSETS / Path(data["card"]).relative_to("assets")         # the curve lies beside its card
+        curve_path = card.parent / "curves" / f"{card.stem}.json"
+        curve = _load(curve_path) or {}
+        split = curve if curve.get("split") == data["split"] else curve.get("splits", {}).get(data["split"], {})
+        rows += [f"`{data['card']}` on the first {data['images']} `{data['split']}` images (object patches "
+                 f"{_pct(data['object_area_share'])} % of all; `{data['command']}`, {data['seconds']:.0f} s). Top-1 "
+                 "(%), with the object over-representation among the largest expert's tokens in brackets, and each "
+                 "score's gap to the model's router (pt ± paired s.e.):", "",
+                 "| e_c | router | oracle: objects first | oracle − router | background first | background − "
+                 "router | random | random − router | router vs the curve file, same images |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+        for r in data["rows"]:
+            def cell(kind: str) -> str:
+                over = r[kind]["over_representation"]
+                return f"{_pct(r[kind]['top1'])} ({'–' if over != over else f'{over:.2f}×'})"   # NaN: no token
+
+            def gap(kind: str) -> str:
+                return f"{r[kind]['gap_to_router_pt']:+.1f} ± {r[kind]['gap_se_pt']:.1f}"
+            point = _point(split.get("points", []), "mone", r["effective_capacity"])
+            hits = read_outcomes(curve_path, data["split"], point) if point else None
+            if hits is None or len(hits) < data["images"]:
+                agreement = "–"
+            else:
+                apart = abs(round(hits[:data["images"]].sum()) - round(r["router"]["top1"] * data["images"]))
+                agreement = "identical" if apart == 0 else f"{apart} images apart"
+            rows.append(f"| {r['effective_capacity']:g} | {cell('router')} | {cell('oracle')} | {gap('oracle')} | "
+                        f"{cell('background')} | {gap('background')} | {cell('random')} | {gap('random')} | "
+                        f"{agreement} |")
+        rows.append("")
+    return rows[:-1]
+
+
 def background_table() -> list[str]:
     """Scenes numbers with and without the test backgrounds that overlap training (`bench/background_split.py`)."""
     files = sorted((ASSETS / "bench" / "background_split").glob("*.json"))
@@ -490,6 +527,8 @@ def report() -> str:
              ("### Did each shipped router learn? (alphas read from the checkpoints)", router_health_table()),
              ("### Can a router at block 0 find the objects? (from `assets/bench/router_ceiling*.json`)",
               router_ceiling_table()),
+             ("### Does sending the objects to the largest expert pay? (from `assets/bench/oracle_routing*.json`)",
+              oracle_routing_table()),
              ("### Scenes test backgrounds that overlap training (from `assets/bench/background_split/`)",
               background_table()),
              ("### Six routers in a V-MoE layer, Fashion-MNIST (from `assets/routers/vmoe_fmnist.json`)",

@@ -60,6 +60,22 @@ def test_forward_routing_outputs(pair, e_c):
     assert out.effective_capacity <= e_c
 
 
+def test_scores_replace_what_the_allocator_ranks_by_not_the_ffn_scale(pair):
+    model, _ = pair
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        own = model.forward_routing(x, 0.4)
+        same = model.forward_routing(x, 0.4, scores=own.router_probs)                  # the router's own: no change
+        torch.testing.assert_close(same.logits, own.logits)
+        # scores that put token i above token i+1 for every expert: EPR's largest expert takes the first k_E tokens
+        ranked = torch.linspace(1, 0, 64).expand(2, 4, 64).transpose(1, 2)             # (B, N, E)
+        out = model.forward_routing(x, 0.4, scores=ranked)
+    k = out.tokens_per_expert.tolist()
+    expected = torch.repeat_interleave(torch.arange(3, -1, -1), torch.tensor(k[::-1]))  # 3…3 2…2 1…1 0…0
+    assert torch.equal(out.assignment, expected.expand(2, 64))
+    torch.testing.assert_close(out.router_probs, own.router_probs)                     # the router still ran
+
+
 def test_batch_elements_are_independent(pair):
     """An image's logits and routing do not depend on the other images in the batch."""
     model, _ = pair

@@ -125,6 +125,35 @@ def test_targets_table_uses_the_paired_standard_error_where_outcomes_are_stored(
     assert rows[4] == "| S: learned router ≥ 3 pt above random at e_c=0.2 (pt) | +10.0 | 0.9 | yes |"
 
 
+def test_oracle_routing_table_gives_gaps_and_checks_the_router_against_the_curve(tmp_path, monkeypatch):
+    import numpy as np
+    from mone.evaluate import outcome_key, write_outcomes
+    monkeypatch.setattr(report, "ASSETS", tmp_path)
+    (tmp_path / "curves").mkdir()
+    (tmp_path / "bench").mkdir()
+    point = dict(method="mone", effective_capacity=0.3, macs=30, top1=0.7)
+    write_outcomes(tmp_path / "curves" / "m.outcomes.safetensors",
+                   {outcome_key("test", point): np.arange(20) % 2 == 0})   # 50 % on the first 10, 5 right
+    (tmp_path / "curves" / "m.json").write_text(json.dumps(dict(split="test", images=20, points=[point],
+                                                                outcomes="m.outcomes.safetensors")))
+
+    def kind(top1, over, gap=None):
+        return dict(top1=top1, over_representation=over, **({} if gap is None else
+                                                             dict(gap_to_router_pt=gap, gap_se_pt=1.23)))
+    rows = [dict(effective_capacity=0.3, router=kind(0.5, 1.5), oracle=kind(0.6, 4.4, 10.0),
+                 background=kind(0.2, 0.0, -30.0), random=kind(0.4, 1.0, -10.0)),
+            dict(effective_capacity=0.2, router=kind(0.4, float("nan")), oracle=kind(0.6, float("nan"), 20.0),
+                 background=kind(0.2, float("nan"), -20.0), random=kind(0.3, float("nan"), -10.0))]
+    (tmp_path / "bench" / "oracle_routing_m.json").write_text(json.dumps(dict(
+        card="assets/m.json", split="test", images=10, object_area_share=0.25, command="python bench/x", seconds=9,
+        rows=rows)))
+    table = report.oracle_routing_table()
+    assert table[-2] == ("| 0.3 | 50.0 (1.50×) | 60.0 (4.40×) | +10.0 ± 1.2 | 20.0 (0.00×) | -30.0 ± 1.2 | "
+                         "40.0 (1.00×) | -10.0 ± 1.2 | identical |")
+    assert table[-1] == ("| 0.2 | 40.0 (–) | 60.0 (–) | +20.0 ± 1.2 | 20.0 (–) | -20.0 ± 1.2 | 30.0 (–) | "
+                         "-10.0 ± 1.2 | – |")                       # no curve point at 0.2; no largest-expert token
+
+
 def _write_seed_curve(path, dense_top1: float) -> None:
     """A seed repeat's curve file: only dense differs between seeds."""
     points = [dict(method="dense", effective_capacity=1.0, macs=100, top1=dense_top1),
