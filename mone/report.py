@@ -263,10 +263,17 @@ def oracle_routing_table() -> list[str]:
         rows += [f"`{data['card']}` on the first {data['images']} `{data['split']}` images (object patches "
                  f"{_pct(data['object_area_share'])} % of all; `{data['command']}`, {data['seconds']:.0f} s). Top-1 "
                  "(%), with the object over-representation among the largest expert's tokens in brackets, and each "
-                 "score's gap to the model's router (pt ± paired s.e.):", "",
-                 "| e_c | router | oracle: objects first | oracle − router | background first | background − "
-                 "router | random | random − router | router vs the curve file, same images |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+                 "score's gap to the model's router (pt ± paired s.e.); dense is its twin on the same images, read "
+                 "from the curve file's per-image outcomes (– where the curve has none), its gap's s.e. the unpaired "
+                 "bound:", "",
+                 "| e_c | router | oracle: objects first | oracle − router | oracle − dense | background first | "
+                 "background − router | random | random − router | router vs the curve file, same images |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+        points = split.get("points", [])
+        dense_point = next((p for p in points if p["method"] == "dense"), None)
+        dense_hits = read_outcomes(curve_path, data["split"], dense_point) if dense_point else None
+        dense = None if dense_hits is None or len(dense_hits) < data["images"] else \
+            float(dense_hits[:data["images"]].mean())
         for r in data["rows"]:
             def cell(kind: str) -> str:
                 over = r[kind]["over_representation"]
@@ -274,7 +281,10 @@ def oracle_routing_table() -> list[str]:
 
             def gap(kind: str) -> str:
                 return f"{r[kind]['gap_to_router_pt']:+.1f} ± {r[kind]['gap_se_pt']:.1f}"
-            point = _point(split.get("points", []), "mone", r["effective_capacity"])
+            oracle = r["oracle"]["top1"]
+            vs_dense = "–" if dense is None else (f"{100 * (oracle - dense):+.1f} ± "
+                                                  f"≤ {standard_error_pt([oracle, dense], data['images']):.1f}")
+            point = _point(points, "mone", r["effective_capacity"])
             hits = read_outcomes(curve_path, data["split"], point) if point else None
             if hits is None or len(hits) < data["images"]:
                 agreement = "–"
@@ -282,7 +292,7 @@ def oracle_routing_table() -> list[str]:
                 apart = abs(round(hits[:data["images"]].sum()) - round(r["router"]["top1"] * data["images"]))
                 agreement = "identical" if apart == 0 else f"{apart} images apart"
             rows.append(f"| {r['effective_capacity']:g} | {cell('router')} | {cell('oracle')} | {gap('oracle')} | "
-                        f"{cell('background')} | {gap('background')} | {cell('random')} | {gap('random')} | "
+                        f"{vs_dense} | {cell('background')} | {gap('background')} | {cell('random')} | {gap('random')} | "
                         f"{agreement} |")
         rows.append("")
     return rows[:-1]

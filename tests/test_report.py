@@ -132,9 +132,11 @@ def test_oracle_routing_table_gives_gaps_and_checks_the_router_against_the_curve
     (tmp_path / "curves").mkdir()
     (tmp_path / "bench").mkdir()
     point = dict(method="mone", effective_capacity=0.3, macs=30, top1=0.7)
+    dense = dict(method="dense", effective_capacity=1.0, macs=100, top1=0.8)
     write_outcomes(tmp_path / "curves" / "m.outcomes.safetensors",
-                   {outcome_key("test", point): np.arange(20) % 2 == 0})   # 50 % on the first 10, 5 right
-    (tmp_path / "curves" / "m.json").write_text(json.dumps(dict(split="test", images=20, points=[point],
+                   {outcome_key("test", point): np.arange(20) % 2 == 0,     # 50 % on the first 10, 5 right
+                    outcome_key("test", dense): np.arange(20) < 8})         # 80 % on the first 10
+    (tmp_path / "curves" / "m.json").write_text(json.dumps(dict(split="test", images=20, points=[point, dense],
                                                                 outcomes="m.outcomes.safetensors")))
 
     def kind(top1, over, gap=None):
@@ -148,10 +150,11 @@ def test_oracle_routing_table_gives_gaps_and_checks_the_router_against_the_curve
         card="assets/m.json", split="test", images=10, object_area_share=0.25, command="python bench/x", seconds=9,
         rows=rows)))
     table = report.oracle_routing_table()
-    assert table[-2] == ("| 0.3 | 50.0 (1.50×) | 60.0 (4.40×) | +10.0 ± 1.2 | 20.0 (0.00×) | -30.0 ± 1.2 | "
-                         "40.0 (1.00×) | -10.0 ± 1.2 | identical |")
-    assert table[-1] == ("| 0.2 | 40.0 (–) | 60.0 (–) | +20.0 ± 1.2 | 20.0 (–) | -20.0 ± 1.2 | 30.0 (–) | "
-                         "-10.0 ± 1.2 | – |")                       # no curve point at 0.2; no largest-expert token
+    # oracle − dense: 60 − 80 on 10 images, unpaired bound 100·sqrt(.24 + .16)/sqrt(10) = 20.0
+    assert table[-2] == ("| 0.3 | 50.0 (1.50×) | 60.0 (4.40×) | +10.0 ± 1.2 | -20.0 ± ≤ 20.0 | 20.0 (0.00×) | "
+                         "-30.0 ± 1.2 | 40.0 (1.00×) | -10.0 ± 1.2 | identical |")
+    assert table[-1] == ("| 0.2 | 40.0 (–) | 60.0 (–) | +20.0 ± 1.2 | -20.0 ± ≤ 20.0 | 20.0 (–) | -20.0 ± 1.2 | "
+                         "30.0 (–) | -10.0 ± 1.2 | – |")           # no curve point at 0.2; no largest-expert token
 
 
 def _write_seed_curve(path, dense_top1: float) -> None:
