@@ -125,11 +125,13 @@ def paired_standard_error_pt(a: np.ndarray, b: np.ndarray) -> float:
     return 100 * float(d.std(ddof=1)) / len(d) ** 0.5
 
 
-def gap_standard_error(curve_path: Path, split: str, a: dict, b: dict, images: int) -> str:
+def gap_standard_error(curve_path: Path, split: str, a: dict, b: dict, images: int,
+                       b_curve_path: Path | None = None) -> str:
     """One standard error of top1(a) - top1(b) as the tables print it: paired where the curve file has per-image
-    outcomes, else the unpaired upper bound, printed as "≤ x"."""
-    hits = [read_outcomes(curve_path, split, point) for point in (a, b)]
-    if hits[0] is None:
+    outcomes, else the unpaired upper bound, printed as "≤ x". `b_curve_path`: b's curve file when it is another
+    one, scored on the same images."""
+    hits = [read_outcomes(path, split, point) for path, point in ((curve_path, a), (b_curve_path or curve_path, b))]
+    if any(h is None for h in hits):
         return f"≤ {standard_error_pt([a['top1'], b['top1']], images):.1f}"
     return f"{paired_standard_error_pt(*hits):.1f}"
 
@@ -482,6 +484,49 @@ SEED_REPEATS = [("curves/mone_vit_fmnist_convstem_cpu_isoflops.json",
                  "Scenes data v2, conv stem, isoFLOPs, trained on this CPU")]
 
 
+# (curve of the model trained with --router-mask-loss, curve of the same command without it, seed)
+MASK_SUPERVISED = [("ablations/router_mask_loss/curves/mone_vit_scenes_v2_convstem_cpu_isoflops.json",
+                    "curves/mone_vit_scenes_v2_convstem_cpu_isoflops.json", 0),
+                   ("ablations/router_mask_loss/curves/mone_vit_scenes_v2_convstem_cpu_isoflops_seed1.json",
+                    "seeds/curves/mone_vit_scenes_v2_convstem_cpu_isoflops_seed1.json", 1)]
+
+
+def _gap(path_a: Path, a: dict, path_b: Path, b: dict, images: int) -> str:
+    """top1(a) − top1(b) in points ± one standard error (`gap_standard_error`), a and b from curve files scored on
+    the same images."""
+    return f"{100 * (a['top1'] - b['top1']):+.1f} ± {gap_standard_error(path_a, 'test', a, b, images, path_b)}"
+
+
+def mask_supervised_table() -> list[str]:
+    """The Scenes v2 conv-stem MoNE trained with the mask-supervised router loss (`--router-mask-loss`, a
+    diagnostic) against the same command without it, seed by seed, on the same test images."""
+    rows = ["| seed | test images | dense | MoNE e_c 0.2 / 0.3 / 0.5 / 1.0: router supervised with the masks | "
+            "the same, task loss only | supervised − task loss only at e_c 0.3 | supervised 0.3 − dense | "
+            "object over-representation at e_c 0.3: supervised / task loss only | learned − random router at e_c "
+            "0.2: supervised / task loss only |", "|---|---|---|---|---|---|---|---|---|"]
+    for supervised_file, plain_file, seed in MASK_SUPERVISED:
+        curves_ = [_load(ASSETS / f) for f in (supervised_file, plain_file)]
+        if None in curves_:
+            continue
+        (sup, plain), n = curves_, curves_[0]["images"]
+        m = [{c: _point(curve["points"], "mone", c) for c in (0.2, 0.3, 0.5, 1.0)} for curve in curves_]
+        dense = _point(sup["points"], "dense", 1.0)
+
+        def over(curve: dict) -> str:
+            op = next((o for o in curve.get("object_precision", []) if o["effective_capacity"] == 0.3), None)
+            return f"{op['mone'] / op['object_area_share']:.2f}×" if op and op["mone"] is not None else "–"
+
+        def router_lead(curve: dict) -> str:
+            return f"{100 * (_top1(curve['points'], 'mone', 0.2) - _top1(curve['points'], 'random_router', 0.2)):+.1f}"
+        rows.append(f"| {seed} | {n} | {_pct(dense['top1'])} | "
+                    + " / ".join(_pct(m[0][c]["top1"]) for c in (0.2, 0.3, 0.5, 1.0)) + " | "
+                    + " / ".join(_pct(m[1][c]["top1"]) for c in (0.2, 0.3, 0.5, 1.0)) + " | "
+                    f"{_gap(ASSETS / supervised_file, m[0][0.3], ASSETS / plain_file, m[1][0.3], n)} | "
+                    f"{_gap(ASSETS / supervised_file, m[0][0.3], ASSETS / supervised_file, dense, n)} | "
+                    f"{over(sup)} / {over(plain)} | {router_lead(sup)} / {router_lead(plain)} |")
+    return rows if len(rows) > 2 else []
+
+
 def seed_table() -> list[str]:
     """The same commands with another `--seed` (initialisation, data order, e_c draws, drop-path): how far the numbers
     and the targets' gaps move with training noise, next to one standard error of test-set noise; with three seeds or
@@ -539,6 +584,8 @@ def report() -> str:
               router_ceiling_table()),
              ("### Does sending the objects to the largest expert pay? (from `assets/bench/oracle_routing*.json`)",
               oracle_routing_table()),
+             ("### A router supervised with the object masks, Scenes v2 (from "
+              "`assets/ablations/router_mask_loss/curves/`)", mask_supervised_table()),
              ("### Scenes test backgrounds that overlap training (from `assets/bench/background_split/`)",
               background_table()),
              ("### Six routers in a V-MoE layer, Fashion-MNIST (from `assets/routers/vmoe_fmnist.json`)",

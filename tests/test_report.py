@@ -157,6 +157,39 @@ def test_oracle_routing_table_gives_gaps_and_checks_the_router_against_the_curve
                          "30.0 (–) | -10.0 ± 1.2 | – |")           # no curve point at 0.2; no largest-expert token
 
 
+def test_mask_supervised_table_pairs_the_two_models_on_the_same_images(tmp_path, monkeypatch):
+    import numpy as np
+    from mone.evaluate import outcome_key, write_outcomes
+    monkeypatch.setattr(report, "ASSETS", tmp_path)
+    monkeypatch.setattr(report, "MASK_SUPERVISED", [("sup/curves/m.json", "curves/m.json", 0)])
+    n = 1000
+
+    def curve(path, m3_hits, over, dense_hits=None):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        points = [dict(method="mone", effective_capacity=c, macs=10, top1=t) for c, t in ((0.2, 0.7), (0.5, 0.8),
+                                                                                           (1.0, 0.75))]
+        points += [dict(method="mone", effective_capacity=0.3, macs=10, top1=float(m3_hits.mean())),
+                   dict(method="random_router", effective_capacity=0.2, macs=5, top1=0.6)]
+        hits = {outcome_key("test", points[3]): m3_hits}
+        if dense_hits is not None:
+            points.append(dict(method="dense", effective_capacity=1.0, macs=30, top1=float(dense_hits.mean())))
+            hits[outcome_key("test", points[-1])] = dense_hits
+        write_outcomes(path.with_suffix(".outcomes.safetensors"), hits)
+        path.write_text(json.dumps(dict(split="test", images=n, points=points,
+                                        outcomes=path.stem + ".outcomes.safetensors",
+                                        object_precision=[dict(effective_capacity=0.3, mone=over,
+                                                               object_area_share=0.2)])))
+    plain = np.arange(n) < 700
+    supervised = plain.copy()
+    supervised[700:720] = True                                    # 20 more images right, none lost: +2.0 pt
+    curve(tmp_path / "curves" / "m.json", plain, 0.3)
+    curve(tmp_path / "sup" / "curves" / "m.json", supervised, 0.6, dense_hits=np.arange(n) < 730)
+    # the supervised − plain gap: d = 1 on 2 % of images, s.e. 100·sqrt(.0196·1000/999)/sqrt(1000) = 0.44 pt
+    assert report.mask_supervised_table()[-1] == (
+        "| 0 | 1000 | 73.0 | 70.0 / 72.0 / 80.0 / 75.0 | 70.0 / 70.0 / 80.0 / 75.0 | +2.0 ± 0.4 | -1.0 ± 0.3 | "
+        "3.00× / 1.50× | +10.0 / +10.0 |")
+
+
 def _write_seed_curve(path, dense_top1: float) -> None:
     """A seed repeat's curve file: only dense differs between seeds."""
     points = [dict(method="dense", effective_capacity=1.0, macs=100, top1=dense_top1),
