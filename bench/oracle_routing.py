@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))    # run from a che
 import mone  # noqa: E402
 from mone.checkpoint import read_card  # noqa: E402
 from mone.data import OBJECT_PATCH, patch_object_fraction  # noqa: E402
+from mone.inference import encode  # noqa: E402
 from mone.report import paired_standard_error_pt  # noqa: E402
 from mone.train import card_batches, gather, standardize, to_unit  # noqa: E402
 
@@ -50,24 +51,23 @@ def oracle_scores(fraction: torch.Tensor, router_probs: torch.Tensor, reverse: b
 
 
 @torch.inference_mode()
-def score(model, x: torch.Tensor, y: torch.Tensor, fraction: torch.Tensor, e_c: float, kind: str,
-          batch_size: int, seed: int) -> tuple[np.ndarray, float]:
+def score(model, x: torch.Tensor, y: torch.Tensor, fraction: torch.Tensor, router_probs: torch.Tensor, e_c: float,
+          kind: str, batch_size: int, seed: int) -> tuple[np.ndarray, float]:
     """Per-image hits (B,) and the object over-representation among the largest expert's tokens."""
     gen = torch.Generator().manual_seed(seed)
     hits, on_largest, object_on_largest = [], 0, 0
     is_object = fraction >= OBJECT_PATCH                                                  # (B, N)
     for start in range(0, len(x), batch_size):
-        xb, fb = x[start:start + batch_size], fraction[start:start + batch_size]
+        rows = slice(start, start + batch_size)
         scores = None
         if kind in ("oracle", "background"):
-            probs = model.forward_routing(xb, e_c).router_probs                           # the router's, for ties
-            scores = oracle_scores(fb, probs, reverse=kind == "background")
-        out = model.forward_routing(xb, e_c, allocator="random" if kind == "random" else "epr", generator=gen,
+            scores = oracle_scores(fraction[rows], router_probs[rows], reverse=kind == "background")
+        out = model.forward_routing(x[rows], e_c, allocator="random" if kind == "random" else "epr", generator=gen,
                                     scores=scores)
-        hits.append((out.logits.argmax(-1) == y[start:start + batch_size]).numpy())
+        hits.append((out.logits.argmax(-1) == y[rows]).numpy())
         largest = out.assignment == model.num_experts - 1                                 # (b, N)
         on_largest += int(largest.sum())
-        object_on_largest += int((largest & is_object[start:start + batch_size]).sum())
+        object_on_largest += int((largest & is_object[rows]).sum())
     share = is_object.float().mean().item()
     return np.concatenate(hits), (object_on_largest / on_largest / share) if on_largest else float("nan")
 
@@ -95,12 +95,16 @@ def main(argv=None) -> None:
     pre = card["preprocess"]
     x = standardize(to_unit(images, pre["image_size"]), torch.tensor(pre["mean"]), torch.tensor(pre["std"]))
     fraction = patch_object_fraction(masks, model.patch_embed.patch_size[0]).flatten(1)   # (B, N)
+    # the router's probabilities do not depend on the budget: once per image, for the oracle's tie-break
+    router_probs = torch.cat([encode(model, x[i:i + args.batch_size]).router_probs
+                              for i in range(0, len(x), args.batch_size)])                 # (B, N, E)
 
     rows = []
     for e_c in CAPACITIES:
         row, outcomes = dict(effective_capacity=e_c, macs=mone.count_macs(model, e_c)), {}
         for kind in ("router", "oracle", "background", "random"):
-            outcomes[kind], over = score(model, x, labels, fraction, e_c, kind, args.batch_size, args.seed)
+            outcomes[kind], over = score(model, x, labels, fraction, router_probs, e_c, kind,
+                                            args.batch_size, args.seed)
             row[kind] = dict(top1=round(float(outcomes[kind].mean()), 5), over_representation=round(over, 3))
             if kind != "router":
                 row[kind]["gap_to_router_pt"] = round(100 * float(outcomes[kind].mean() - outcomes["router"].mean()),
