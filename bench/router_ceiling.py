@@ -46,6 +46,7 @@ import mone  # noqa: E402
 from mone.capacity import capacity_distribution, tokens_per_expert  # noqa: E402
 from mone.checkpoint import read_card  # noqa: E402
 from mone.data import OBJECT_PATCH, patch_object_fraction  # noqa: E402
+from mone.inference import encode  # noqa: E402
 from mone.train import card_batches, gather, standardize, to_unit  # noqa: E402
 
 CAPACITIES = (0.25, 0.3, 0.4, 0.5)                # at e_c <= 0.2 the largest expert gets no token (N = 144)
@@ -63,8 +64,7 @@ def load_split(card: dict, split: str, n: int, workers: int, pack: str | None):
 @torch.inference_mode()
 def router_input(model, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """The block-0 tokens the router sees (B, N, D)."""
-    return torch.cat([model.norm_pre(model._pos_embed(model.patch_embed(x[i:i + batch_size])))
-                      for i in range(0, len(x), batch_size)])
+    return torch.cat([encode(model, x[i:i + batch_size]).tokens for i in range(0, len(x), batch_size)])
 
 
 def fit_probe(probe: nn.Module, features: torch.Tensor, is_object: torch.Tensor, steps: int, seed: int) -> nn.Module:
