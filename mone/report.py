@@ -89,10 +89,14 @@ def accuracy_table() -> list[str]:
     return rows
 
 
-def _split(name: str, split: str = "test") -> dict:
-    """One split's result of a curve file ({"images", "points", …}; {} if missing)."""
-    curve = _load(ASSETS / "curves" / f"{name}.json") or {}
+def _split_of(curve: dict, split: str) -> dict:
+    """One split's result of a loaded curve file ({"images", "points", …}; {} if missing)."""
     return curve if curve.get("split") == split else curve.get("splits", {}).get(split, {})
+
+
+def _split(name: str, split: str = "test") -> dict:
+    """One split's result of the shipped curve file `name`."""
+    return _split_of(_load(ASSETS / "curves" / f"{name}.json") or {}, split)
 
 
 def _curve_points(name: str, split: str = "test") -> list[dict]:
@@ -104,9 +108,17 @@ def _top1(points: list[dict], method: str, e_c: float = 1.0) -> float | None:
     return p and p["top1"]
 
 
+def _object_precision_of(curve: dict, e_c: float) -> dict | None:
+    return next((o for o in curve.get("object_precision", []) if abs(o["effective_capacity"] - e_c) < 1e-9), None)
+
+
 def _object_precision(name: str, e_c: float) -> dict | None:
-    rows = (_load(ASSETS / "curves" / f"{name}.json") or {}).get("object_precision", [])
-    return next((o for o in rows if abs(o["effective_capacity"] - e_c) < 1e-9), None)
+    return _object_precision_of(_load(ASSETS / "curves" / f"{name}.json") or {}, e_c)
+
+
+def _over_representation(op: dict | None) -> str:
+    """Object share among the largest expert's tokens / object-area share, as the tables print it."""
+    return f"{op['mone'] / op['object_area_share']:.2f}×" if op and op["mone"] is not None else "–"
 
 
 def standard_error_pt(accuracies: list[float], images: int) -> float:
@@ -212,10 +224,9 @@ def scenes_table() -> list[str]:
         op = _object_precision(name, 0.3)
         share = (f"{_pct(op['mone'])} / {_pct(op['random_router'])} / {_pct(op['object_area_share'])}"
                  if op and op["mone"] is not None else "–")
-        over = f"{op['mone'] / op['object_area_share']:.2f}×" if op and op["mone"] is not None else "–"
         m3, m5 = (_point(inst, "mone", e) for e in (0.3, 0.5))
         rows.append(f"| {what} | {split['images']} | {_pct(dense and dense['top1'])} | {_pct(m3 and m3['top1'])} | "
-                    f"{_pct(m5 and m5['top1'])} | {share} | {over} |")
+                    f"{_pct(m5 and m5['top1'])} | {share} | {_over_representation(op)} |")
     return rows
 
 
@@ -260,8 +271,7 @@ def oracle_routing_table() -> list[str]:
         data = _load(path)
         card = ASSETS / Path(data["card"]).relative_to("assets")         # the curve lies beside its card
         curve_path = card.parent / "curves" / f"{card.stem}.json"
-        curve = _load(curve_path) or {}
-        split = curve if curve.get("split") == data["split"] else curve.get("splits", {}).get(data["split"], {})
+        split = _split_of(_load(curve_path) or {}, data["split"])
         rows += [f"`{data['card']}` on the first {data['images']} `{data['split']}` images (object patches "
                  f"{_pct(data['object_area_share'])} % of all; `{data['command']}`, {data['seconds']:.0f} s). Top-1 "
                  "(%), with the object over-representation among the largest expert's tokens in brackets, and each "
@@ -272,10 +282,13 @@ def oracle_routing_table() -> list[str]:
                  "background − router | random | random − router | router vs the curve file, same images |",
                  "|---|---|---|---|---|---|---|---|---|---|"]
         points = split.get("points", [])
-        dense_point = next((p for p in points if p["method"] == "dense"), None)
-        dense_hits = read_outcomes(curve_path, data["split"], dense_point) if dense_point else None
-        dense = None if dense_hits is None or len(dense_hits) < data["images"] else \
-            float(dense_hits[:data["images"]].mean())
+
+        def first_images(point: dict | None) -> np.ndarray | None:
+            """The curve's per-image outcomes of `point` on the bench's images (None: not stored)."""
+            hits = read_outcomes(curve_path, data["split"], point) if point else None
+            return None if hits is None or len(hits) < data["images"] else hits[:data["images"]]
+        dense_hits = first_images(_point(points, "dense", 1.0))
+        dense = None if dense_hits is None else float(dense_hits.mean())
         for r in data["rows"]:
             def cell(kind: str) -> str:
                 over = r[kind]["over_representation"]
@@ -286,12 +299,11 @@ def oracle_routing_table() -> list[str]:
             oracle = r["oracle"]["top1"]
             vs_dense = "–" if dense is None else (f"{100 * (oracle - dense):+.1f} ± "
                                                   f"≤ {standard_error_pt([oracle, dense], data['images']):.1f}")
-            point = _point(points, "mone", r["effective_capacity"])
-            hits = read_outcomes(curve_path, data["split"], point) if point else None
-            if hits is None or len(hits) < data["images"]:
+            hits = first_images(_point(points, "mone", r["effective_capacity"]))
+            if hits is None:
                 agreement = "–"
             else:
-                apart = abs(round(hits[:data["images"]].sum()) - round(r["router"]["top1"] * data["images"]))
+                apart = abs(round(hits.sum()) - round(r["router"]["top1"] * data["images"]))
                 agreement = "identical" if apart == 0 else f"{apart} images apart"
             rows.append(f"| {r['effective_capacity']:g} | {cell('router')} | {cell('oracle')} | {gap('oracle')} | "
                         f"{vs_dense} | {cell('background')} | {gap('background')} | {cell('random')} | {gap('random')} | "
@@ -512,10 +524,6 @@ def mask_supervised_table() -> list[str]:
         m = [{c: _point(curve["points"], "mone", c) for c in (0.2, 0.3, 0.5, 1.0)} for curve in curves_]
         dense = _point(sup["points"], "dense", 1.0)
 
-        def over(curve: dict) -> str:
-            op = next((o for o in curve.get("object_precision", []) if o["effective_capacity"] == 0.3), None)
-            return f"{op['mone'] / op['object_area_share']:.2f}×" if op and op["mone"] is not None else "–"
-
         def router_lead(curve: dict) -> str:
             return f"{100 * (_top1(curve['points'], 'mone', 0.2) - _top1(curve['points'], 'random_router', 0.2)):+.1f}"
         rows.append(f"| {seed} | {n} | {_pct(dense['top1'])} | "
@@ -523,7 +531,8 @@ def mask_supervised_table() -> list[str]:
                     + " / ".join(_pct(m[1][c]["top1"]) for c in (0.2, 0.3, 0.5, 1.0)) + " | "
                     f"{_gap(ASSETS / supervised_file, m[0][0.3], ASSETS / plain_file, m[1][0.3], n)} | "
                     f"{_gap(ASSETS / supervised_file, m[0][0.3], ASSETS / supervised_file, dense, n)} | "
-                    f"{over(sup)} / {over(plain)} | {router_lead(sup)} / {router_lead(plain)} |")
+                    f"{_over_representation(_object_precision_of(sup, 0.3))} / "
+                    f"{_over_representation(_object_precision_of(plain, 0.3))} | {router_lead(sup)} / {router_lead(plain)} |")
     return rows if len(rows) > 2 else []
 
 
