@@ -17,8 +17,8 @@ from .imagefolder import IMAGENET_MEAN, IMAGENET_STD, load_imagefolder
 
 # ``scenes`` (OpenCV) is imported lazily, on first use of one of these names, so that
 # ``python -m mone.data.scenes`` does not import it twice.
-_SCENES_NAMES = ("OBJECT_PATCH", "ScenesDataset", "build_source_pack", "default_pack_path", "load_scenes", "load_source_pack",
-                 "patch_object_fraction", "write_examples")
+_SCENES_NAMES = ("OBJECT_PATCH", "ScenesDataset", "build_source_pack", "default_pack_path", "load_scenes",
+                 "load_source_pack", "patch_object_fraction", "write_examples")
 
 
 def __getattr__(name):
