@@ -23,6 +23,10 @@ largest-expert probability r_iE (the score EPR ranks by first) towards 1 on obje
 the augmented mask, the evaluation's definition) and towards 0 elsewhere. It asks whether the architecture can learn
 to send objects to the largest expert when told where they are, and what that does to accuracy at low budgets. The
 mask rides through the augmentation as one more image channel, so the draws are those of the run without it.
+`--router-mask-target cascade` replaces the BCE by a cross-entropy against a target distribution: object patches
+uniform over every expert but the smallest, background on the smallest. Then every expert's ranking r_ij (j > 1), not
+only the largest's, puts the objects first, as the mask oracle of `bench/oracle_routing.py` does: at budgets where the
+largest expert gets no token the objects still reach the widest expert that does.
 
 isoFLOPs (`--iso-flops-of dense`): a MoNE step costs less than a dense step, so MoNE gets
     steps × dense MACs / mean over the training budgets (or MatViT widths) of MoNE MACs
@@ -97,6 +101,8 @@ class TrainConfig:
                                                 # uniformly; router and alphas frozen (the MoNE model minus routing)
     router_mask_loss: float = 0.0               # > 0: weight of the mask-supervised router loss (a diagnostic; see
                                                 # the docstring); 0 is the paper's plain cross-entropy
+    router_mask_target: str = "largest"         # largest: BCE of r_iE; cascade: objects on every expert but the
+                                                # smallest (see the docstring; the shipped ablation used largest)
     # --- data
     dataset: str = "fashion_mnist"              # fashion_mnist | scenes | synthetic (tiny, in memory, for tests)
     train_size: int | None = None               # images per epoch; None: the whole split (Scenes: 50 000)
@@ -289,17 +295,27 @@ def augment(x: torch.Tensor, image_size: int, recipe: dict, gen: torch.Generator
                          align_corners=False)
 
 
-def mask_router_loss(router_logits: torch.Tensor, object_pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Binary cross-entropy of the largest expert's router probability against the object patches.
+MASK_TARGETS = ("largest", "cascade")     # the shapes of the mask-supervised router target (see the docstring)
 
-    router_logits (B, N, E) for row-major patches; object_pixels (B, H, W) in [0, 1]. The largest expert's logit
-    against the log-sum-exp of the others is log(r_E / (1 - r_E)), so this is BCE(r_E, patch is object) computed
-    stably.
+
+def mask_router_loss(router_logits: torch.Tensor, object_pixels: torch.Tensor, patch_size: int,
+                     target: str = "largest") -> torch.Tensor:
+    """The mask-supervised router loss: how far the router's probabilities are from the object patches.
+
+    router_logits (B, N, E) for row-major patches; object_pixels (B, H, W) in [0, 1]; a patch is an object patch at
+    >= OBJECT_PATCH object pixels. target "largest": BCE(r_E, patch is object), computed stably, since the largest
+    expert's logit against the log-sum-exp of the others is log(r_E / (1 - r_E)). target "cascade": cross-entropy
+    against uniform over experts 2..E for object patches and one-hot on expert 1 for the rest.
     """
     from mone.data import OBJECT_PATCH, patch_object_fraction     # Scenes imports OpenCV: only when used
-    target = (patch_object_fraction(object_pixels, patch_size) >= OBJECT_PATCH).flatten(1)   # (B, N)
-    largest = router_logits[..., -1] - router_logits[..., :-1].logsumexp(-1)                # (B, N)
-    return F.binary_cross_entropy_with_logits(largest, target.to(largest.dtype))
+    is_object = (patch_object_fraction(object_pixels, patch_size) >= OBJECT_PATCH).flatten(1)   # (B, N)
+    if target == "largest":
+        largest = router_logits[..., -1] - router_logits[..., :-1].logsumexp(-1)                   # (B, N)
+        return F.binary_cross_entropy_with_logits(largest, is_object.to(largest.dtype))
+    if target == "cascade":
+        log_probs = router_logits.log_softmax(-1)                                                  # (B, N, E)
+        return torch.where(is_object, -log_probs[..., 1:].mean(-1), -log_probs[..., 0]).mean()
+    raise ValueError(f"router mask target must be one of {MASK_TARGETS}, got {target!r}")
 
 
 # ------------------------------------------------------------------------------------------------- small helpers
@@ -474,6 +490,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
                          "--effective-capacity")
     if cfg.router_mask_loss < 0:
         raise ValueError(f"--router-mask-loss must be >= 0, got {cfg.router_mask_loss}")
+    if cfg.router_mask_target not in MASK_TARGETS:
+        raise ValueError(f"--router-mask-target takes one of {MASK_TARGETS}, got {cfg.router_mask_target!r}")
     if cfg.router_mask_loss and (not cfg.model.startswith("mone_") or cfg.nested_widths
                                  or cfg.dataset not in ("scenes", "synthetic")):
         raise ValueError("--router-mask-loss supervises a MoNE router with object masks: it needs a mone_* model "
@@ -643,7 +661,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
             loss = F.cross_entropy(logits.float(), train_y[idx], label_smoothing=cfg.label_smoothing)
             if cfg.router_mask_loss:
                 router_loss = mask_router_loss(router_logits.pop().float(), object_pixels,
-                                               model.patch_embed.patch_size[0])
+                                               model.patch_embed.patch_size[0], cfg.router_mask_target)
                 router_loss_sum += router_loss.detach()
                 loss = loss + cfg.router_mask_loss * router_loss
             opt.zero_grad(set_to_none=True)

@@ -179,6 +179,13 @@ def test_mask_router_loss_hand_worked():
     # E = 3: the largest expert's logit is set against the log-sum-exp of the others: r_E = 2 / (1 + 1 + 2) = 0.5
     three_experts = torch.tensor([0.0, 0.0, torch.log(torch.tensor(2.0))]).expand(1, 4, 3)
     torch.testing.assert_close(mask_router_loss(three_experts, pixels, 2), torch.log(torch.tensor(2.0)))
+    # cascade, r = .25 .25 .5: object patches -(ln r_2 + ln r_3) / 2 = 1.5 ln 2, background -ln r_1 = 2 ln 2
+    torch.testing.assert_close(mask_router_loss(three_experts, pixels, 2, "cascade"),
+                               7 / 4 * torch.log(torch.tensor(2.0)))
+    # with two experts the cascade target is the largest expert's BCE
+    torch.testing.assert_close(mask_router_loss(two_experts, pixels, 2, "cascade"), expected)
+    with pytest.raises(ValueError, match="one of"):
+        mask_router_loss(two_experts, pixels, 2, "smallest")
 
 
 def test_router_mask_loss_teaches_the_router_the_object_patches(tmp_path):
@@ -201,7 +208,8 @@ def test_router_mask_loss_teaches_the_router_the_object_patches(tmp_path):
         precision = (largest & is_object).sum() / largest.sum()
         assert (precision > 2 * is_object.float().mean()) == better
     for bad, message in ((["--model", "dense_vit_tiny_patch4_32"], "needs a mone_"),
-                         (["--nested-widths"], "needs a mone_"), (["--router-mask-loss", "-1"], ">= 0")):
+                         (["--nested-widths"], "needs a mone_"), (["--router-mask-loss", "-1"], ">= 0"),
+                         (["--router-mask-target", "smallest"], "takes one of")):
         with pytest.raises(ValueError, match=message):
             train(parse_args([*TINY, "--router-mask-loss", "1", *bad, "--out-dir", str(tmp_path / "bad")]))
 
