@@ -496,11 +496,14 @@ SEED_REPEATS = [("curves/mone_vit_fmnist_convstem_cpu_isoflops.json",
                  "Scenes data v2, conv stem, isoFLOPs, trained on this CPU")]
 
 
-# (curve of the model trained with --router-mask-loss, curve of the same command without it, seed)
-MASK_SUPERVISED = [("ablations/router_mask_loss/curves/mone_vit_scenes_v2_convstem_cpu_isoflops.json",
-                    "curves/mone_vit_scenes_v2_convstem_cpu_isoflops.json", 0),
-                   ("ablations/router_mask_loss/curves/mone_vit_scenes_v2_convstem_cpu_isoflops_seed1.json",
-                    "seeds/curves/mone_vit_scenes_v2_convstem_cpu_isoflops_seed1.json", 1)]
+# (curve of the model trained with --router-mask-loss, curve of the same command without it, seed, its
+# --router-mask-target)
+MASK_SUPERVISED = [(f"ablations/{folder}/curves/mone_vit_scenes_v2_convstem_cpu_isoflops{suffix}.json",
+                    plain, seed, target)
+                   for folder, target in (("router_mask_loss", "largest"), ("router_mask_cascade", "cascade"))
+                   for seed, suffix, plain in ((0, "", "curves/mone_vit_scenes_v2_convstem_cpu_isoflops.json"),
+                                               (1, "_seed1",
+                                                "seeds/curves/mone_vit_scenes_v2_convstem_cpu_isoflops_seed1.json"))]
 
 
 def _gap(path_a: Path, a: dict, path_b: Path, b: dict, images: int) -> str:
@@ -511,12 +514,13 @@ def _gap(path_a: Path, a: dict, path_b: Path, b: dict, images: int) -> str:
 
 def mask_supervised_table() -> list[str]:
     """The Scenes v2 conv-stem MoNE trained with the mask-supervised router loss (`--router-mask-loss`, a
-    diagnostic) against the same command without it, seed by seed, on the same test images."""
-    rows = ["| seed | test images | dense | MoNE e_c 0.2 / 0.3 / 0.5 / 1.0: router supervised with the masks | "
+    diagnostic; each `--router-mask-target`) against the same command without it, seed by seed, on the same test
+    images."""
+    rows = ["| target | seed | test images | dense | MoNE e_c 0.2 / 0.3 / 0.5 / 1.0: router supervised with the masks | "
             "the same, task loss only | supervised − task loss only at e_c 0.3 | supervised 0.3 − dense | "
             "object over-representation at e_c 0.3: supervised / task loss only | learned − random router at e_c "
-            "0.2: supervised / task loss only |", "|---|---|---|---|---|---|---|---|---|"]
-    for supervised_file, plain_file, seed in MASK_SUPERVISED:
+            "0.2: supervised / task loss only |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for supervised_file, plain_file, seed, target in MASK_SUPERVISED:
         curves_ = [_load(ASSETS / f) for f in (supervised_file, plain_file)]
         if None in curves_:
             continue
@@ -526,7 +530,7 @@ def mask_supervised_table() -> list[str]:
 
         def router_lead(curve: dict) -> str:
             return f"{100 * (_top1(curve['points'], 'mone', 0.2) - _top1(curve['points'], 'random_router', 0.2)):+.1f}"
-        rows.append(f"| {seed} | {n} | {_pct(dense['top1'])} | "
+        rows.append(f"| {target} | {seed} | {n} | {_pct(dense['top1'])} | "
                     + " / ".join(_pct(m[0][c]["top1"]) for c in (0.2, 0.3, 0.5, 1.0)) + " | "
                     + " / ".join(_pct(m[1][c]["top1"]) for c in (0.2, 0.3, 0.5, 1.0)) + " | "
                     f"{_gap(ASSETS / supervised_file, m[0][0.3], ASSETS / plain_file, m[1][0.3], n)} | "
@@ -594,7 +598,7 @@ def report() -> str:
              ("### Does sending the objects to the largest expert pay? (from `assets/bench/oracle_routing*.json`)",
               oracle_routing_table()),
              ("### A router supervised with the object masks, Scenes v2 (from "
-              "`assets/ablations/router_mask_loss/curves/`)", mask_supervised_table()),
+              "`assets/ablations/router_mask_*/curves/`)", mask_supervised_table()),
              ("### Scenes test backgrounds that overlap training (from `assets/bench/background_split/`)",
               background_table()),
              ("### Six routers in a V-MoE layer, Fashion-MNIST (from `assets/routers/vmoe_fmnist.json`)",

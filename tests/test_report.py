@@ -161,7 +161,7 @@ def test_mask_supervised_table_pairs_the_two_models_on_the_same_images(tmp_path,
     import numpy as np
     from mone.evaluate import outcome_key, write_outcomes
     monkeypatch.setattr(report, "ASSETS", tmp_path)
-    monkeypatch.setattr(report, "MASK_SUPERVISED", [("sup/curves/m.json", "curves/m.json", 0)])
+    monkeypatch.setattr(report, "MASK_SUPERVISED", [("sup/curves/m.json", "curves/m.json", 0, "cascade")])
     n = 1000
 
     def curve(path, m3_hits, over, dense_hits=None):
@@ -186,7 +186,7 @@ def test_mask_supervised_table_pairs_the_two_models_on_the_same_images(tmp_path,
     curve(tmp_path / "sup" / "curves" / "m.json", supervised, 0.6, dense_hits=np.arange(n) < 730)
     # the supervised − plain gap: d = 1 on 2 % of images, s.e. 100·sqrt(.0196·1000/999)/sqrt(1000) = 0.44 pt
     assert report.mask_supervised_table()[-1] == (
-        "| 0 | 1000 | 73.0 | 70.0 / 72.0 / 80.0 / 75.0 | 70.0 / 70.0 / 80.0 / 75.0 | +2.0 ± 0.4 | -1.0 ± 0.3 | "
+        "| cascade | 0 | 1000 | 73.0 | 70.0 / 72.0 / 80.0 / 75.0 | 70.0 / 70.0 / 80.0 / 75.0 | +2.0 ± 0.4 | -1.0 ± 0.3 | "
         "3.00× / 1.50× | +10.0 / +10.0 |")
 
 
