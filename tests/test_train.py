@@ -214,6 +214,26 @@ def test_router_mask_loss_teaches_the_router_the_object_patches(tmp_path):
             train(parse_args([*TINY, "--router-mask-loss", "1", *bad, "--out-dir", str(tmp_path / "bad")]))
 
 
+def test_cascade_mask_target_puts_objects_first_on_every_expert_but_the_smallest(tmp_path):
+    images, _, masks = synthetic_items("test", range(64), 32, 0)
+    info = dataset_info("synthetic")
+    x = standardize(images.float() / 255, torch.tensor(info["mean"]), torch.tensor(info["std"]))
+    is_object = (patch_object_fraction(masks, 4) >= OBJECT_PATCH).flatten(1)             # (B, N)
+
+    def over_representation(model, e_c: float, expert: int) -> float:
+        with torch.inference_mode():
+            assigned = model.forward_routing(x, e_c).assignment == expert                 # (B, N)
+        return float((assigned & is_object).sum() / assigned.sum() / is_object.float().mean())
+    models = {target: run(tmp_path / target, "--router-mask-loss", "1", "--router-mask-target", target, "--epochs",
+                          "4", "--train-size", "256", "--lr", "3e-3", "--warmup-epochs", "0.25")["model"]
+              for target in ("largest", "cascade")}
+    # e_c 0.2 gives the largest expert no token (0, 5, 19, 40 of 64, widest first): cascade sends the objects to the
+    # D/2 expert, while the largest-only target leaves them to the narrow ones and D/2 gets background (~0.5x here)
+    assert over_representation(models["largest"], 0.2, 2) < 1 < 2 < over_representation(models["cascade"], 0.2, 2)
+    # 0.3: 4 + 12 tokens on the two widest experts, ~17 object patches per image; 0.5: the largest expert
+    assert min(over_representation(models["cascade"], 0.3, 2), over_representation(models["cascade"], 0.5, 3)) > 2
+
+
 def test_ddp_two_processes_keep_identical_weights(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mone.train",
