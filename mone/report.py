@@ -498,12 +498,11 @@ SEED_REPEATS = [("curves/mone_vit_fmnist_convstem_cpu_isoflops.json",
 
 # (curve of the model trained with --router-mask-loss, curve of the same command without it, seed, its
 # --router-mask-target)
-MASK_SUPERVISED = [(f"ablations/{folder}/curves/mone_vit_scenes_v2_convstem_cpu_isoflops{suffix}.json",
-                    plain, seed, target)
+_V2_MONE = "mone_vit_scenes_v2_convstem_cpu_isoflops"
+MASK_SUPERVISED = [(f"ablations/{folder}/curves/{_V2_MONE}{suffix}.json",
+                    f"seeds/curves/{_V2_MONE}{suffix}.json" if seed else f"curves/{_V2_MONE}.json", seed, target)
                    for folder, target in (("router_mask_loss", "largest"), ("router_mask_cascade", "cascade"))
-                   for seed, suffix, plain in ((0, "", "curves/mone_vit_scenes_v2_convstem_cpu_isoflops.json"),
-                                               (1, "_seed1",
-                                                "seeds/curves/mone_vit_scenes_v2_convstem_cpu_isoflops_seed1.json"))]
+                   for seed, suffix in ((0, ""), (1, "_seed1"), (2, "_seed2"))]    # a seed not run: no row
 
 
 def _gap(path_a: Path, a: dict, path_b: Path, b: dict, images: int) -> str:
