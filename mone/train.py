@@ -102,7 +102,7 @@ class TrainConfig:
     router_mask_loss: float = 0.0               # > 0: weight of the mask-supervised router loss (a diagnostic; see
                                                 # the docstring); 0 is the paper's plain cross-entropy
     router_mask_target: str = "largest"         # largest: BCE of r_iE; cascade: objects on every expert but the
-                                                # smallest (see the docstring; the shipped ablation used largest)
+                                                # smallest (see the docstring); largest was the first ablation's
     # --- data
     dataset: str = "fashion_mnist"              # fashion_mnist | scenes | synthetic (tiny, in memory, for tests)
     train_size: int | None = None               # images per epoch; None: the whole split (Scenes: 50 000)
