@@ -164,7 +164,7 @@ def test_mask_supervised_table_pairs_the_two_models_on_the_same_images(tmp_path,
     monkeypatch.setattr(report, "MASK_SUPERVISED", [("sup/curves/m.json", "curves/m.json", 0, "cascade")])
     n = 1000
 
-    def curve(path, m3_hits, over, dense_hits=None):
+    def curve(path, m3_hits, over, dense_hits=None, unseen_top1=None):
         path.parent.mkdir(parents=True, exist_ok=True)
         points = [dict(method="mone", effective_capacity=c, macs=10, top1=t) for c, t in ((0.15, 0.65), (0.2, 0.7),
                                                                                            (0.5, 0.8), (1.0, 0.75))]
@@ -175,9 +175,10 @@ def test_mask_supervised_table_pairs_the_two_models_on_the_same_images(tmp_path,
             points.append(dict(method="dense", effective_capacity=1.0, macs=30, top1=float(dense_hits.mean())))
             hits[outcome_key("test", points[-1])] = dense_hits
         write_outcomes(path.with_suffix(".outcomes.safetensors"), hits)
-        unseen = [dict(method="mone", effective_capacity=0.3, macs=10, top1=over - 0.1)]   # only "supervised" has it
+        unseen = [dict(method="mone", effective_capacity=0.3, macs=10, top1=unseen_top1)]
         path.write_text(json.dumps(dict(split="test", images=n, points=points,
-                                        splits=dict(test_instances=dict(images=n, points=unseen)) if over > .5 else {},
+                                        splits={} if unseen_top1 is None else
+                                        dict(test_instances=dict(images=n, points=unseen)),
                                         outcomes=path.stem + ".outcomes.safetensors",
                                         object_precision=[dict(effective_capacity=0.3, mone=over,
                                                                object_area_share=0.2)])))
@@ -185,7 +186,7 @@ def test_mask_supervised_table_pairs_the_two_models_on_the_same_images(tmp_path,
     supervised = plain.copy()
     supervised[700:720] = True                                    # 20 more images right, none lost: +2.0 pt
     curve(tmp_path / "curves" / "m.json", plain, 0.3)
-    curve(tmp_path / "sup" / "curves" / "m.json", supervised, 0.6, dense_hits=np.arange(n) < 730)
+    curve(tmp_path / "sup" / "curves" / "m.json", supervised, 0.6, dense_hits=np.arange(n) < 730, unseen_top1=0.5)
     # the supervised − plain gap: d = 1 on 2 % of images, s.e. 100·sqrt(.0196·1000/999)/sqrt(1000) = 0.44 pt
     assert report.mask_supervised_table()[-1] == (
         "| cascade | 0 | 1000 | 73.0 | 65.0 / 70.0 / 72.0 / 80.0 / 75.0 | 65.0 / 70.0 / 70.0 / 80.0 / 75.0 | +2.0 ± 0.4 | "

@@ -1,4 +1,5 @@
 """`python -m mone.train` on the tiny synthetic set: learning, exact resume, safetensors-only files, export, DDP."""
+import functools
 import json
 import os
 import subprocess
@@ -188,25 +189,38 @@ def test_mask_router_loss_hand_worked():
         mask_router_loss(two_experts, pixels, 2, "smallest")
 
 
+# a tiny mask-supervised run whose router learns the object patches (synthetic data)
+MASK_TRAINING = ("--router-mask-loss", "1", "--epochs", "4", "--train-size", "256", "--lr", "3e-3",
+                 "--warmup-epochs", "0.25")
+
+
+@functools.cache
+def held_out_objects() -> tuple[torch.Tensor, torch.Tensor]:
+    """64 synthetic test images, standardised (B, C, H, W), and which of their 4x4 patches are object patches (B, N)."""
+    images, _, masks = synthetic_items("test", range(64), 32, 0)
+    info = dataset_info("synthetic")
+    x = standardize(images.float() / 255, torch.tensor(info["mean"]), torch.tensor(info["std"]))
+    return x, (patch_object_fraction(masks, 4) >= OBJECT_PATCH).flatten(1)
+
+
+def object_over_representation(model, e_c: float, expert: int) -> float:
+    """Object patches' share among the tokens EPR gives `expert` at e_c, over their share of all patches."""
+    x, is_object = held_out_objects()
+    with torch.inference_mode():
+        assigned = model.forward_routing(x, e_c).assignment == expert                     # (B, N)
+    return float((assigned & is_object).sum() / assigned.sum() / is_object.float().mean())
+
+
 def test_router_mask_loss_teaches_the_router_the_object_patches(tmp_path):
-    summary = run(tmp_path / "run", "--router-mask-loss", "1", "--epochs", "4", "--train-size", "256", "--lr",
-                  "3e-3", "--warmup-epochs", "0.25", "--log-every", "1", "--export", str(tmp_path / "supervised"))
+    summary = run(tmp_path / "run", *MASK_TRAINING, "--log-every", "1", "--export", str(tmp_path / "supervised"))
     router = [r["router_loss"] for r in records(tmp_path / "run" / "log.jsonl") if "loss" in r]
     assert len(router) == 32 and sum(router[-4:]) / 4 < sum(router[:4]) / 4 - 0.1
     assert json.loads((tmp_path / "supervised.json").read_text())["config"]["router_mask_loss"] == 1.0
     plain = run(tmp_path / "plain", "--epochs", "1", "--train-size", "64", "--log-every", "1")
     assert "router_loss" not in records(tmp_path / "plain" / "log.jsonl")[0]
     # the supervised router ranks object patches first for the largest expert on images it never trained on
-    images, _, masks = synthetic_items("test", range(64), 32, 0)
-    info = dataset_info("synthetic")
-    x = standardize(images.float() / 255, torch.tensor(info["mean"]), torch.tensor(info["std"]))
-    is_object = (patch_object_fraction(masks, 4) >= OBJECT_PATCH).flatten(1)             # (B, N)
     for model, better in ((summary["model"], True), (plain["model"], False)):
-        with torch.inference_mode():
-            out = model.forward_routing(x, 0.5)
-        largest = out.assignment == 3
-        precision = (largest & is_object).sum() / largest.sum()
-        assert (precision > 2 * is_object.float().mean()) == better
+        assert (object_over_representation(model, 0.5, 3) > 2) == better
     for bad, message in ((["--model", "dense_vit_tiny_patch4_32"], "needs a mone_"),
                          (["--nested-widths"], "needs a mone_"), (["--router-mask-loss", "-1"], ">= 0"),
                          (["--router-mask-target", "smallest"], "takes one of")):
@@ -215,23 +229,15 @@ def test_router_mask_loss_teaches_the_router_the_object_patches(tmp_path):
 
 
 def test_cascade_mask_target_puts_objects_first_on_every_expert_but_the_smallest(tmp_path):
-    images, _, masks = synthetic_items("test", range(64), 32, 0)
-    info = dataset_info("synthetic")
-    x = standardize(images.float() / 255, torch.tensor(info["mean"]), torch.tensor(info["std"]))
-    is_object = (patch_object_fraction(masks, 4) >= OBJECT_PATCH).flatten(1)             # (B, N)
-
-    def over_representation(model, e_c: float, expert: int) -> float:
-        with torch.inference_mode():
-            assigned = model.forward_routing(x, e_c).assignment == expert                 # (B, N)
-        return float((assigned & is_object).sum() / assigned.sum() / is_object.float().mean())
-    models = {target: run(tmp_path / target, "--router-mask-loss", "1", "--router-mask-target", target, "--epochs",
-                          "4", "--train-size", "256", "--lr", "3e-3", "--warmup-epochs", "0.25")["model"]
+    models = {target: run(tmp_path / target, *MASK_TRAINING, "--router-mask-target", target)["model"]
               for target in ("largest", "cascade")}
     # e_c 0.2 gives the largest expert no token (0, 5, 19, 40 of 64, widest first): cascade sends the objects to the
     # D/2 expert, while the largest-only target leaves them to the narrow ones and D/2 gets background (~0.5x here)
-    assert over_representation(models["largest"], 0.2, 2) < 1 < 2 < over_representation(models["cascade"], 0.2, 2)
+    largest_only, cascade = (object_over_representation(models[t], 0.2, 2) for t in ("largest", "cascade"))
+    assert largest_only < 1 < 2 < cascade
     # 0.3: 4 + 12 tokens on the two widest experts, ~17 object patches per image; 0.5: the largest expert
-    assert min(over_representation(models["cascade"], 0.3, 2), over_representation(models["cascade"], 0.5, 3)) > 2
+    assert min(object_over_representation(models["cascade"], 0.3, 2),
+               object_over_representation(models["cascade"], 0.5, 3)) > 2
 
 
 def test_ddp_two_processes_keep_identical_weights(tmp_path):
