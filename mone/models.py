@@ -155,10 +155,12 @@ class MoNEVisionTransformer(VisionTransformer):
         nn.init.zeros_(self.router.bias)
 
     @torch.no_grad()
-    def project_alphas(self) -> None:
-        """Put every block's alpha back into [ALPHA_MIN, ALPHA_MAX] (after each optimiser step; see ALPHA_MIN)."""
+    def project_alphas(self, floor: float = ALPHA_MIN) -> None:
+        """Put every block's alpha back into [floor, ALPHA_MAX] (after each optimiser step; see ALPHA_MIN)."""
+        if not 0.0 <= floor < ALPHA_MAX:
+            raise ValueError(f"the alpha floor must be in [0, {ALPHA_MAX}), got {floor}")
         for block in self.blocks:
-            block.alpha.clamp_(ALPHA_MIN, ALPHA_MAX)
+            block.alpha.clamp_(floor, ALPHA_MAX)
 
     def _resolve_capacity(self, effective_capacity: float | None) -> float:
         if effective_capacity is not None:

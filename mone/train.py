@@ -28,6 +28,10 @@ uniform over every expert but the smallest, background on the smallest. Then eve
 only the largest's, puts the objects first, as the mask oracle of `bench/oracle_routing.py` does: at budgets where the
 largest expert gets no token the objects still reach the widest expert that does.
 
+Alpha floor (`--alpha-floor A`, default 0.01, see `mone.models.ALPHA_MIN`): after every step each block's alpha is
+projected onto [A, ALPHA_MAX]. The router learns only through alpha·dL/dr (Eq. 1), and the loss pulls alpha to the
+floor, so A sets how strongly the task loss reaches the router. Any A in [0, 1) is within the paper's bounds.
+
 isoFLOPs (`--iso-flops-of dense`): a MoNE step costs less than a dense step, so MoNE gets
     steps × dense MACs / mean over the training budgets (or MatViT widths) of MoNE MACs
 steps (`mone.dense_macs` / `mone.count_macs`, forward MACs per image; backward costs about twice the forward for both
@@ -81,7 +85,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 import mone
-from mone.models import MoNEVisionTransformer
+from mone.models import ALPHA_MAX, ALPHA_MIN, MoNEVisionTransformer
 
 try:
     from tqdm import tqdm
@@ -103,6 +107,9 @@ class TrainConfig:
                                                 # the docstring); 0 is the paper's plain cross-entropy
     router_mask_target: str = "largest"         # largest: BCE of r_iE; cascade: objects on every expert but the
                                                 # smallest (see the docstring); largest was the first ablation's
+    alpha_floor: float = ALPHA_MIN              # alphas are projected onto [alpha_floor, ALPHA_MAX] after each step;
+                                                # the router's gradient is alpha·dL/dr (Eq. 1), so a higher floor
+                                                # is a stronger routing signal, still inside the paper's [0, 1)
     # --- data
     dataset: str = "fashion_mnist"              # fashion_mnist | scenes | synthetic (tiny, in memory, for tests)
     train_size: int | None = None               # images per epoch; None: the whole split (Scenes: 50 000)
@@ -490,6 +497,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
                          "--effective-capacity")
     if cfg.router_mask_loss < 0:
         raise ValueError(f"--router-mask-loss must be >= 0, got {cfg.router_mask_loss}")
+    if not 0.0 <= cfg.alpha_floor < ALPHA_MAX:
+        raise ValueError(f"--alpha-floor must be in [0, {ALPHA_MAX}), got {cfg.alpha_floor}")
     if cfg.router_mask_target not in MASK_TARGETS:
         raise ValueError(f"--router-mask-target takes one of {MASK_TARGETS}, got {cfg.router_mask_target!r}")
     if cfg.router_mask_loss and (not cfg.model.startswith("mone_") or cfg.nested_widths
@@ -669,7 +678,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             if is_mone and not cfg.nested_widths:
-                model.project_alphas()
+                model.project_alphas(cfg.alpha_floor)
             step += 1
             loss_sum += loss.detach()
             steps_logged += 1

@@ -154,6 +154,11 @@ def test_project_alphas_puts_every_alpha_back_in_range():
             blk.alpha.fill_(value)
     model.project_alphas()
     assert [float(blk.alpha) for blk in model.blocks] == pytest.approx([ALPHA_MIN, 0.25, ALPHA_MAX, ALPHA_MIN])
+    model.project_alphas(0.5)      # a higher floor (`--alpha-floor`) lifts every alpha below it
+    assert [float(blk.alpha) for blk in model.blocks] == pytest.approx([0.5, 0.5, ALPHA_MAX, 0.5])
+    for bad in (-0.1, ALPHA_MAX, 1.0):
+        with pytest.raises(ValueError, match="alpha floor must be in"):
+            model.project_alphas(bad)
 
 
 def test_training_samples_budget_per_step():

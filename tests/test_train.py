@@ -228,6 +228,16 @@ def test_router_mask_loss_teaches_the_router_the_object_patches(tmp_path):
             train(parse_args([*TINY, "--router-mask-loss", "1", *bad, "--out-dir", str(tmp_path / "bad")]))
 
 
+def test_alpha_floor_holds_every_alpha_through_training_and_is_validated(tmp_path):
+    summary = run(tmp_path / "run", "--epochs", "1", "--train-size", "64", "--log-every", "1", "--alpha-floor", "0.4")
+    logged = [r["alpha"] for r in records(tmp_path / "run" / "log.jsonl") if "loss" in r]
+    assert len(logged) == 2 and all(0.4 - 1e-4 <= a <= ALPHA_MAX + 1e-4 for alphas in logged for a in alphas)
+    assert summary["model"].blocks[0].alpha.item() >= 0.4 - 1e-7
+    for bad in ("-0.1", "1"):
+        with pytest.raises(ValueError, match="--alpha-floor must be in"):
+            train(parse_args([*TINY, "--alpha-floor", bad, "--out-dir", str(tmp_path / "bad")]))
+
+
 def test_cascade_mask_target_puts_objects_first_on_every_expert_but_the_smallest(tmp_path):
     models = {target: run(tmp_path / target, *MASK_TRAINING, "--router-mask-target", target)["model"]
               for target in ("largest", "cascade")}
