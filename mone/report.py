@@ -16,6 +16,7 @@ import numpy as np
 from safetensors import safe_open
 
 from mone.evaluate import read_outcomes
+from mone.models import ALPHA_MIN
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
@@ -411,18 +412,23 @@ def trained_here_table() -> list[str]:
     return rows if len(rows) > 2 else []
 
 
+def _router_weights(card_path: Path) -> tuple[list[float], float, float]:
+    """A MoNE checkpoint's alphas (first block to last), its router's RMS row norm, and that norm at initialisation
+    (rows drawn with std 0.02: about 0.02·sqrt(D))."""
+    with safe_open(card_path.parent / _load(card_path)["weights"], framework="np") as f:
+        keys = sorted((k for k in f.keys() if k.endswith(".alpha")), key=lambda k: int(k.split(".")[1]))
+        alphas = [float(f.get_tensor(k)) for k in keys]
+        router = f.get_tensor("router.weight")                                                  # (E, D)
+    return alphas, float((router ** 2).sum(1).mean() ** 0.5), 0.02 * router.shape[1] ** 0.5
+
+
 def router_health_table() -> list[str]:
     """Each shipped MoNE checkpoint's alphas and router weights (`router_state`): a frozen router's weights stay near
     their initial scale (rows drawn with std 0.02: norm about 0.02·sqrt(D))."""
     rows = ["| card | alpha per block (first to last) | blocks with alpha > 0 | router row norm (at init) | router |",
             "|---|---|---|---|---|"]
     for path in sorted(ASSETS.glob("mone_*.json")):
-        card = _load(path)
-        with safe_open(ASSETS / card["weights"], framework="np") as f:
-            keys = sorted((k for k in f.keys() if k.endswith(".alpha")), key=lambda k: int(k.split(".")[1]))
-            alphas = [float(f.get_tensor(k)) for k in keys]
-            router = f.get_tensor("router.weight")                                              # (E, D)
-        norm, at_init = float((router ** 2).sum(1).mean() ** 0.5), 0.02 * router.shape[1] ** 0.5
+        alphas, norm, at_init = _router_weights(path)
         rows.append(f"| {path.name} | {', '.join(f'{a:.2f}' for a in alphas)} | {sum(a > 0 for a in alphas)} of "
                     f"{len(alphas)} | {norm:.2f} ({at_init:.2f}) | {router_state(alphas)} |")
     return rows if len(rows) > 2 else []
@@ -543,6 +549,43 @@ def mask_supervised_table() -> list[str]:
     return rows if len(rows) > 2 else []
 
 
+# (card, its curve) of the Scenes v2 conv-stem MoNE trained with each --alpha-floor; the first is the shipped model
+# (the default floor, ALPHA_MIN), the rest the same command with a higher floor; a floor not run: no row
+ALPHA_FLOORS = [(f"{_V2_MONE}.json", f"curves/{_V2_MONE}.json")] + [
+    (f"ablations/alpha_floor/{_V2_MONE}_alpha{tag}.json", f"ablations/alpha_floor/curves/{_V2_MONE}_alpha{tag}.json")
+    for tag in ("03", "09")]
+
+
+def alpha_floor_table() -> list[str]:
+    """The Scenes v2 conv-stem MoNE (seed 0) trained with a higher alpha floor (`--alpha-floor`): the router learns
+    only through alpha·dL/dr (Eq. 1), so the floor sets how strongly the task loss reaches it. Same command, draws
+    and test images otherwise; gaps against the shipped model (floor ALPHA_MIN) and against dense."""
+    budgets = (0.15, 0.2, 0.3, 0.5, 1.0)
+    rows = ["| alpha floor | alphas at the end (first to last block) | router row norm | test images | MoNE e_c "
+            "0.15 / 0.2 / 0.3 / 0.5 / 1.0 | 0.3 − the floor-0.01 model | 0.3 − dense | object over-representation "
+            "at e_c 0.3 | learned − random router at e_c 0.2 | unseen instances at e_c 0.3 |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    base_card, base_file = ALPHA_FLOORS[0]
+    base = _load(ASSETS / base_file)
+    for card_file, curve_file in ALPHA_FLOORS:
+        card, curve = _load(ASSETS / card_file), _load(ASSETS / curve_file)
+        if None in (base, card, curve):
+            continue
+        pts, n = curve["points"], curve["images"]
+        m3, dense = _point(pts, "mone", 0.3), _point(pts, "dense", 1.0)
+        alphas, norm, _ = _router_weights(ASSETS / card_file)
+        floor = card["config"].get("alpha_floor", ALPHA_MIN)             # cards from before the flag: the default
+        rows.append(f"| {floor:g} | {', '.join(f'{a:.2f}' for a in alphas)} | {norm:.2f} | {n} | "
+                    + " / ".join(_pct(_top1(pts, "mone", c)) for c in budgets) + " | "
+                    + ("–" if card_file == base_card else
+                       _gap(ASSETS / curve_file, m3, ASSETS / base_file, _point(base["points"], "mone", 0.3), n))
+                    + f" | {_gap(ASSETS / curve_file, m3, ASSETS / curve_file, dense, n)} | "
+                    f"{_over_representation(_object_precision_of(curve, 0.3))} | "
+                    f"{100 * (_top1(pts, 'mone', 0.2) - _top1(pts, 'random_router', 0.2)):+.1f} | "
+                    f"{_pct(_top1(_split_of(curve, 'test_instances').get('points', []), 'mone', 0.3))} |")
+    return rows if len(rows) > 3 else []     # the shipped model alone is no comparison
+
+
 def seed_table() -> list[str]:
     """The same commands with another `--seed` (initialisation, data order, e_c draws, drop-path): how far the numbers
     and the targets' gaps move with training noise, next to one standard error of test-set noise; with three seeds or
@@ -602,6 +645,8 @@ def report() -> str:
               oracle_routing_table()),
              ("### A router supervised with the object masks, Scenes v2 (from "
               "`assets/ablations/router_mask_*/curves/`)", mask_supervised_table()),
+             ("### A higher alpha floor: more of the task loss reaches the router, Scenes v2 (from "
+              "`assets/ablations/alpha_floor/curves/`)", alpha_floor_table()),
              ("### Scenes test backgrounds that overlap training (from `assets/bench/background_split/`)",
               background_table()),
              ("### Six routers in a V-MoE layer, Fashion-MNIST (from `assets/routers/vmoe_fmnist.json`)",

@@ -157,40 +157,75 @@ def test_oracle_routing_table_gives_gaps_and_checks_the_router_against_the_curve
                          "30.0 (–) | -10.0 ± 1.2 | – |")           # no curve point at 0.2; no largest-expert token
 
 
+def _write_routing_curve(path: Path, hits, over: float, dense_hits=None, unseen_top1: float | None = None) -> None:
+    """A Scenes curve file with fixed MoNE points except e_c 0.3, whose per-image outcomes are `hits` (stored, so
+    gaps get paired standard errors), object over-representation `over` / 0.2 at e_c 0.3, random router 60 % at 0.2,
+    optionally a dense point with its outcomes and an unseen-instance split."""
+    from mone.evaluate import outcome_key, write_outcomes
+    path.parent.mkdir(parents=True, exist_ok=True)
+    points = [dict(method="mone", effective_capacity=c, macs=10, top1=t) for c, t in ((0.15, 0.65), (0.2, 0.7),
+                                                                                       (0.5, 0.8), (1.0, 0.75))]
+    points += [dict(method="mone", effective_capacity=0.3, macs=10, top1=float(hits.mean())),
+               dict(method="random_router", effective_capacity=0.2, macs=5, top1=0.6)]
+    outcomes = {outcome_key("test", points[4]): hits}
+    if dense_hits is not None:
+        points.append(dict(method="dense", effective_capacity=1.0, macs=30, top1=float(dense_hits.mean())))
+        outcomes[outcome_key("test", points[-1])] = dense_hits
+    write_outcomes(path.with_suffix(".outcomes.safetensors"), outcomes)
+    unseen = [dict(method="mone", effective_capacity=0.3, macs=10, top1=unseen_top1)]
+    path.write_text(json.dumps(dict(split="test", images=len(hits), points=points,
+                                    splits={} if unseen_top1 is None else
+                                    dict(test_instances=dict(images=len(hits), points=unseen)),
+                                    outcomes=path.stem + ".outcomes.safetensors",
+                                    object_precision=[dict(effective_capacity=0.3, mone=over,
+                                                           object_area_share=0.2)])))
+
+
 def test_mask_supervised_table_pairs_the_two_models_on_the_same_images(tmp_path, monkeypatch):
     import numpy as np
-    from mone.evaluate import outcome_key, write_outcomes
     monkeypatch.setattr(report, "ASSETS", tmp_path)
     monkeypatch.setattr(report, "MASK_SUPERVISED", [("sup/curves/m.json", "curves/m.json", 0, "cascade")])
     n = 1000
-
-    def curve(path, m3_hits, over, dense_hits=None, unseen_top1=None):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        points = [dict(method="mone", effective_capacity=c, macs=10, top1=t) for c, t in ((0.15, 0.65), (0.2, 0.7),
-                                                                                           (0.5, 0.8), (1.0, 0.75))]
-        points += [dict(method="mone", effective_capacity=0.3, macs=10, top1=float(m3_hits.mean())),
-                   dict(method="random_router", effective_capacity=0.2, macs=5, top1=0.6)]
-        hits = {outcome_key("test", points[4]): m3_hits}
-        if dense_hits is not None:
-            points.append(dict(method="dense", effective_capacity=1.0, macs=30, top1=float(dense_hits.mean())))
-            hits[outcome_key("test", points[-1])] = dense_hits
-        write_outcomes(path.with_suffix(".outcomes.safetensors"), hits)
-        unseen = [dict(method="mone", effective_capacity=0.3, macs=10, top1=unseen_top1)]
-        path.write_text(json.dumps(dict(split="test", images=n, points=points,
-                                        splits={} if unseen_top1 is None else
-                                        dict(test_instances=dict(images=n, points=unseen)),
-                                        outcomes=path.stem + ".outcomes.safetensors",
-                                        object_precision=[dict(effective_capacity=0.3, mone=over,
-                                                               object_area_share=0.2)])))
     plain = np.arange(n) < 700
     supervised = plain.copy()
     supervised[700:720] = True                                    # 20 more images right, none lost: +2.0 pt
-    curve(tmp_path / "curves" / "m.json", plain, 0.3)
-    curve(tmp_path / "sup" / "curves" / "m.json", supervised, 0.6, dense_hits=np.arange(n) < 730, unseen_top1=0.5)
+    _write_routing_curve(tmp_path / "curves" / "m.json", plain, 0.3)
+    _write_routing_curve(tmp_path / "sup" / "curves" / "m.json", supervised, 0.6, dense_hits=np.arange(n) < 730,
+                         unseen_top1=0.5)
     # the supervised − plain gap: d = 1 on 2 % of images, s.e. 100·sqrt(.0196·1000/999)/sqrt(1000) = 0.44 pt
     assert report.mask_supervised_table()[-1] == (
         "| cascade | 0 | 1000 | 73.0 | 65.0 / 70.0 / 72.0 / 80.0 / 75.0 | 65.0 / 70.0 / 70.0 / 80.0 / 75.0 | +2.0 ± 0.4 | "
         "-1.0 ± 0.3 | 3.00× / 1.50× | +10.0 / +10.0 | 50.0 / – |")
+
+
+def test_alpha_floor_table_reads_each_floor_from_its_card_and_compares_with_the_default(tmp_path, monkeypatch):
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+    monkeypatch.setattr(report, "ASSETS", tmp_path)
+    monkeypatch.setattr(report, "ALPHA_FLOORS", [("m.json", "curves/m.json"), ("af/m.json", "af/curves/m.json"),
+                                                 ("af/not_run.json", "af/curves/not_run.json")])
+    n = 1000
+    base, floored = np.arange(n) < 700, np.arange(n) < 680                      # 20 fewer images right: −2.0 pt
+    _write_routing_curve(tmp_path / "curves" / "m.json", base, 0.3, dense_hits=np.arange(n) < 730)
+    _write_routing_curve(tmp_path / "af" / "curves" / "m.json", floored, 0.6, dense_hits=np.arange(n) < 730,
+                         unseen_top1=0.5)
+    router = torch.zeros(4, 64)
+    router[:, 0] = 0.5                                                          # RMS row norm 0.5
+    for card, config, alphas in (("m", {}, (0.01, 0.02)), ("af/m", dict(alpha_floor=0.3), (0.3, 0.45))):
+        save_file({"blocks.0.alpha": torch.tensor(alphas[0]), "blocks.1.alpha": torch.tensor(alphas[1]),
+                   "router.weight": router}, tmp_path / f"{card}.safetensors")
+        (tmp_path / f"{card}.json").write_text(json.dumps(dict(weights="m.safetensors", config=config)))
+    table = report.alpha_floor_table()
+    assert len(table) == 4                                                      # the floor not run has no row
+    # a card from before --alpha-floor ran at the default floor, ALPHA_MIN
+    assert table[2] == ("| 0.01 | 0.01, 0.02 | 0.50 | 1000 | 65.0 / 70.0 / 70.0 / 80.0 / 75.0 | – | -3.0 ± 0.5 | "
+                        "1.50× | +10.0 | – |")
+    # floored − base: d = −1 on 2 % of images, s.e. 0.44 pt; floored − dense: d = −1 on 5 %, s.e. 0.69 pt
+    assert table[3] == ("| 0.3 | 0.30, 0.45 | 0.50 | 1000 | 65.0 / 70.0 / 68.0 / 80.0 / 75.0 | -2.0 ± 0.4 | "
+                        "-5.0 ± 0.7 | 3.00× | +10.0 | 50.0 |")
+    monkeypatch.setattr(report, "ALPHA_FLOORS", report.ALPHA_FLOORS[:1])
+    assert report.alpha_floor_table() == []                                     # the default alone compares nothing
 
 
 def _write_seed_curve(path, dense_top1: float) -> None:
