@@ -549,41 +549,46 @@ def mask_supervised_table() -> list[str]:
     return rows if len(rows) > 2 else []
 
 
-# (card, its curve) of the Scenes v2 conv-stem MoNE trained with each --alpha-floor; the first is the shipped model
-# (the default floor, ALPHA_MIN), the rest the same command with a higher floor; a floor not run: no row
-ALPHA_FLOORS = [(f"{_V2_MONE}.json", f"curves/{_V2_MONE}.json")] + [
-    (f"ablations/alpha_floor/{_V2_MONE}_alpha{tag}.json", f"ablations/alpha_floor/curves/{_V2_MONE}_alpha{tag}.json")
-    for tag in ("03", "09")]
+# (seed, card, its curve) of the Scenes v2 conv-stem MoNE trained with each --alpha-floor: per seed first the model
+# at the default floor (ALPHA_MIN: the shipped one, or its seed repeat), then the same command with a higher floor;
+# a run not made: no row
+ALPHA_FLOORS: list[tuple[int, str, str]] = []
+for _seed, _suffix, _default_card, _default_curve in (
+        (0, "", f"{_V2_MONE}.json", f"curves/{_V2_MONE}.json"),
+        (1, "_seed1", f"seeds/{_V2_MONE}_seed1.json", f"seeds/curves/{_V2_MONE}_seed1.json")):
+    ALPHA_FLOORS.append((_seed, _default_card, _default_curve))
+    ALPHA_FLOORS += [(_seed, f"ablations/alpha_floor/{_V2_MONE}_alpha{tag}{_suffix}.json",
+                      f"ablations/alpha_floor/curves/{_V2_MONE}_alpha{tag}{_suffix}.json") for tag in ("03", "09")]
 
 
 def alpha_floor_table() -> list[str]:
-    """The Scenes v2 conv-stem MoNE (seed 0) trained with a higher alpha floor (`--alpha-floor`): the router learns
-    only through alpha·dL/dr (Eq. 1), so the floor sets how strongly the task loss reaches it. Same command, draws
-    and test images otherwise; gaps against the shipped model (floor ALPHA_MIN) and against dense."""
+    """The Scenes v2 conv-stem MoNE trained with a higher alpha floor (`--alpha-floor`): the router learns only through
+    alpha·dL/dr (Eq. 1) and alpha in Eq. 1 sets how much the routing probability scales each FFN output. Same
+    command, draws and test images otherwise; gaps against the same seed at the default floor and against dense."""
     budgets = (0.15, 0.2, 0.3, 0.5, 1.0)
-    rows = ["| alpha floor | alphas at the end (first to last block) | router row norm | test images | MoNE e_c "
-            "0.15 / 0.2 / 0.3 / 0.5 / 1.0 | 0.3 − the floor-0.01 model | 0.3 − dense | object over-representation "
-            "at e_c 0.3 | learned − random router at e_c 0.2 | unseen instances at e_c 0.3 |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    base_card, base_file = ALPHA_FLOORS[0]
-    base = _load(ASSETS / base_file)
-    for card_file, curve_file in ALPHA_FLOORS:
+    rows = ["| seed | alpha floor | alphas at the end (first to last block) | router row norm | test images | MoNE e_c "
+            "0.15 / 0.2 / 0.3 / 0.5 / 1.0 | 0.3 − the same seed at floor 0.01 | 0.3 − dense | object "
+            "over-representation at e_c 0.3 | learned − random router at e_c 0.2 | unseen instances at e_c 0.3 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    base_of = {}                                     # seed -> (curve path, curve) of its default-floor model
+    for seed, card_file, curve_file in ALPHA_FLOORS:
         card, curve = _load(ASSETS / card_file), _load(ASSETS / curve_file)
-        if None in (base, card, curve):
+        if None in (card, curve):
             continue
+        base_file, base = base_of.setdefault(seed, (curve_file, curve))
         pts, n = curve["points"], curve["images"]
         m3, dense = _point(pts, "mone", 0.3), _point(pts, "dense", 1.0)
         alphas, norm, _ = _router_weights(ASSETS / card_file)
         floor = card["config"].get("alpha_floor", ALPHA_MIN)             # cards from before the flag: the default
-        rows.append(f"| {floor:g} | {', '.join(f'{a:.2f}' for a in alphas)} | {norm:.2f} | {n} | "
+        rows.append(f"| {seed} | {floor:g} | {', '.join(f'{a:.2f}' for a in alphas)} | {norm:.2f} | {n} | "
                     + " / ".join(_pct(_top1(pts, "mone", c)) for c in budgets) + " | "
-                    + ("–" if card_file == base_card else
+                    + ("–" if base is curve else
                        _gap(ASSETS / curve_file, m3, ASSETS / base_file, _point(base["points"], "mone", 0.3), n))
                     + f" | {_gap(ASSETS / curve_file, m3, ASSETS / curve_file, dense, n)} | "
                     f"{_over_representation(_object_precision_of(curve, 0.3))} | "
                     f"{100 * (_top1(pts, 'mone', 0.2) - _top1(pts, 'random_router', 0.2)):+.1f} | "
                     f"{_pct(_top1(_split_of(curve, 'test_instances').get('points', []), 'mone', 0.3))} |")
-    return rows if len(rows) > 3 else []     # the shipped model alone is no comparison
+    return rows if len(rows) > 2 + len(base_of) else []     # the default-floor models alone compare nothing
 
 
 def seed_table() -> list[str]:

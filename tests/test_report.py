@@ -203,8 +203,9 @@ def test_alpha_floor_table_reads_each_floor_from_its_card_and_compares_with_the_
     import torch
     from safetensors.torch import save_file
     monkeypatch.setattr(report, "ASSETS", tmp_path)
-    monkeypatch.setattr(report, "ALPHA_FLOORS", [("m.json", "curves/m.json"), ("af/m.json", "af/curves/m.json"),
-                                                 ("af/not_run.json", "af/curves/not_run.json")])
+    monkeypatch.setattr(report, "ALPHA_FLOORS", [(0, "m.json", "curves/m.json"), (0, "af/m.json", "af/curves/m.json"),
+                                                 (0, "af/not_run.json", "af/curves/not_run.json"),
+                                                 (1, "m1.json", "curves/m1.json")])
     n = 1000
     base, floored = np.arange(n) < 700, np.arange(n) < 680                      # 20 fewer images right: −2.0 pt
     _write_routing_curve(tmp_path / "curves" / "m.json", base, 0.3, dense_hits=np.arange(n) < 730)
@@ -217,12 +218,12 @@ def test_alpha_floor_table_reads_each_floor_from_its_card_and_compares_with_the_
                    "router.weight": router}, tmp_path / f"{card}.safetensors")
         (tmp_path / f"{card}.json").write_text(json.dumps(dict(weights="m.safetensors", config=config)))
     table = report.alpha_floor_table()
-    assert len(table) == 4                                                      # the floor not run has no row
+    assert len(table) == 4                                                      # the runs not made have no row
     # a card from before --alpha-floor ran at the default floor, ALPHA_MIN
-    assert table[2] == ("| 0.01 | 0.01, 0.02 | 0.50 | 1000 | 65.0 / 70.0 / 70.0 / 80.0 / 75.0 | – | -3.0 ± 0.5 | "
+    assert table[2] == ("| 0 | 0.01 | 0.01, 0.02 | 0.50 | 1000 | 65.0 / 70.0 / 70.0 / 80.0 / 75.0 | – | -3.0 ± 0.5 | "
                         "1.50× | +10.0 | – |")
     # floored − base: d = −1 on 2 % of images, s.e. 0.44 pt; floored − dense: d = −1 on 5 %, s.e. 0.69 pt
-    assert table[3] == ("| 0.3 | 0.30, 0.45 | 0.50 | 1000 | 65.0 / 70.0 / 68.0 / 80.0 / 75.0 | -2.0 ± 0.4 | "
+    assert table[3] == ("| 0 | 0.3 | 0.30, 0.45 | 0.50 | 1000 | 65.0 / 70.0 / 68.0 / 80.0 / 75.0 | -2.0 ± 0.4 | "
                         "-5.0 ± 0.7 | 3.00× | +10.0 | 50.0 |")
     monkeypatch.setattr(report, "ALPHA_FLOORS", report.ALPHA_FLOORS[:1])
     assert report.alpha_floor_table() == []                                     # the default alone compares nothing
