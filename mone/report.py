@@ -650,7 +650,7 @@ def report() -> str:
               oracle_routing_table()),
              ("### A router supervised with the object masks, Scenes v2 (from "
               "`assets/ablations/router_mask_*/curves/`)", mask_supervised_table()),
-             ("### A higher alpha floor: more of the task loss reaches the router, Scenes v2 (from "
+             ("### A higher alpha floor: the router's probability scales the FFN more, Scenes v2 (from "
               "`assets/ablations/alpha_floor/curves/`)", alpha_floor_table()),
              ("### Scenes test backgrounds that overlap training (from `assets/bench/background_split/`)",
               background_table()),

@@ -29,8 +29,9 @@ only the largest's, puts the objects first, as the mask oracle of `bench/oracle_
 largest expert gets no token the objects still reach the widest expert that does.
 
 Alpha floor (`--alpha-floor A`, default 0.01, see `mone.models.ALPHA_MIN`): after every step each block's alpha is
-projected onto [A, ALPHA_MAX]. The router learns only through alpha·dL/dr (Eq. 1), and the loss pulls alpha to the
-floor, so A sets how strongly the task loss reaches the router. Any A in [0, 1) is within the paper's bounds.
+projected onto [A, ALPHA_MAX]. The loss pulls alpha to the floor, so A sets how much the router's probability scales
+each FFN output in Eq. 1 (up to 1 + A). It does not set how fast the router learns: its gradient alpha·dL/dr scales
+with A, but AdamW divides each update by the gradient's own scale. Any A in [0, 1) is within the paper's bounds.
 
 isoFLOPs (`--iso-flops-of dense`): a MoNE step costs less than a dense step, so MoNE gets
     steps × dense MACs / mean over the training budgets (or MatViT widths) of MoNE MACs
@@ -107,9 +108,9 @@ class TrainConfig:
                                                 # the docstring); 0 is the paper's plain cross-entropy
     router_mask_target: str = "largest"         # largest: BCE of r_iE; cascade: objects on every expert but the
                                                 # smallest (see the docstring); largest was the first ablation's
-    alpha_floor: float = ALPHA_MIN              # alphas are projected onto [alpha_floor, ALPHA_MAX] after each step;
-                                                # the router's gradient is alpha·dL/dr (Eq. 1), so a higher floor
-                                                # is a stronger routing signal, still inside the paper's [0, 1)
+    alpha_floor: float = ALPHA_MIN              # alphas are projected onto [alpha_floor, ALPHA_MAX] after each step:
+                                                # how much r_ij scales the FFN in Eq. 1 (see the docstring); an
+                                                # ablation knob inside the paper's [0, 1), shipped models use 0.01
     # --- data
     dataset: str = "fashion_mnist"              # fashion_mnist | scenes | synthetic (tiny, in memory, for tests)
     train_size: int | None = None               # images per epoch; None: the whole split (Scenes: 50 000)
@@ -499,6 +500,9 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
         raise ValueError(f"--router-mask-loss must be >= 0, got {cfg.router_mask_loss}")
     if not 0.0 <= cfg.alpha_floor < ALPHA_MAX:
         raise ValueError(f"--alpha-floor must be in [0, {ALPHA_MAX}), got {cfg.alpha_floor}")
+    if cfg.alpha_floor != ALPHA_MIN and (not cfg.model.startswith("mone_") or cfg.nested_widths):
+        raise ValueError("--alpha-floor bounds a MoNE router's alphas: it needs a mone_* model without "
+                         "--nested-widths (MatViT keeps alpha at 0)")
     if cfg.router_mask_target not in MASK_TARGETS:
         raise ValueError(f"--router-mask-target takes one of {MASK_TARGETS}, got {cfg.router_mask_target!r}")
     if cfg.router_mask_loss and (not cfg.model.startswith("mone_") or cfg.nested_widths

@@ -236,6 +236,9 @@ def test_alpha_floor_holds_every_alpha_through_training_and_is_validated(tmp_pat
     for bad in ("-0.1", "1"):
         with pytest.raises(ValueError, match="--alpha-floor must be in"):
             train(parse_args([*TINY, "--alpha-floor", bad, "--out-dir", str(tmp_path / "bad")]))
+    for other in (["--model", "dense_vit_tiny_patch4_32"], ["--nested-widths"]):     # no router alpha to bound
+        with pytest.raises(ValueError, match="needs a mone_"):
+            train(parse_args([*TINY, "--alpha-floor", "0.5", *other, "--out-dir", str(tmp_path / "bad")]))
 
 
 def test_cascade_mask_target_puts_objects_first_on_every_expert_but_the_smallest(tmp_path):
