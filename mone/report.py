@@ -505,10 +505,34 @@ SEED_REPEATS = [("curves/mone_vit_fmnist_convstem_cpu_isoflops.json",
 # (curve of the model trained with --router-mask-loss, curve of the same command without it, seed, its
 # --router-mask-target)
 _V2_MONE = "mone_vit_scenes_v2_convstem_cpu_isoflops"
-MASK_SUPERVISED = [(f"ablations/{folder}/curves/{_V2_MONE}{suffix}.json",
-                    f"seeds/curves/{_V2_MONE}{suffix}.json" if seed else f"curves/{_V2_MONE}.json", seed, target)
+
+
+def _seed_suffix(seed: int) -> str:
+    """How a seed repeat's file name ends (seed 0, the shipped run, has no suffix)."""
+    return f"_seed{seed}" if seed else ""
+
+
+def _v2_task_loss_run(seed: int) -> tuple[str, str]:
+    """(card, curve) of the Scenes v2 conv-stem CPU MoNE trained with the paper's loss and the default alpha floor:
+    the shipped model for seed 0, its seed repeat otherwise."""
+    folder = "seeds/" if seed else ""
+    return f"{folder}{_V2_MONE}{_seed_suffix(seed)}.json", f"{folder}curves/{_V2_MONE}{_seed_suffix(seed)}.json"
+
+
+MASK_SUPERVISED = [(f"ablations/{folder}/curves/{_V2_MONE}{_seed_suffix(seed)}.json", _v2_task_loss_run(seed)[1],
+                    seed, target)
                    for folder, target in (("router_mask_loss", "largest"), ("router_mask_cascade", "cascade"))
-                   for seed, suffix in ((0, ""), (1, "_seed1"), (2, "_seed2"))]    # a seed not run: no row
+                   for seed in (0, 1, 2)]                                              # a seed not run: no row
+
+
+def _router_lead(curve: dict) -> str:
+    """Learned minus random router top-1 at e_c 0.2, in points."""
+    return f"{100 * (_top1(curve['points'], 'mone', 0.2) - _top1(curve['points'], 'random_router', 0.2)):+.1f}"
+
+
+def _unseen_instances_top1(curve: dict) -> str:
+    """MoNE's top-1 at e_c 0.3 on the split with unseen object instances (– where the curve has none)."""
+    return _pct(_top1(_split_of(curve, "test_instances").get("points", []), "mone", 0.3))
 
 
 def _gap(path_a: Path, a: dict, path_b: Path, b: dict, images: int) -> str:
@@ -534,31 +558,23 @@ def mask_supervised_table() -> list[str]:
         (sup, plain), n = curves_, curves_[0]["images"]
         m = [{c: _point(curve["points"], "mone", c) for c in budgets} for curve in curves_]
         dense = _point(sup["points"], "dense", 1.0)
-
-        def router_lead(curve: dict) -> str:
-            return f"{100 * (_top1(curve['points'], 'mone', 0.2) - _top1(curve['points'], 'random_router', 0.2)):+.1f}"
         rows.append(f"| {target} | {seed} | {n} | {_pct(dense['top1'])} | "
                     + " / ".join(_pct(m[0][c]["top1"]) for c in budgets) + " | "
                     + " / ".join(_pct(m[1][c]["top1"]) for c in budgets) + " | "
                     f"{_gap(ASSETS / supervised_file, m[0][0.3], ASSETS / plain_file, m[1][0.3], n)} | "
                     f"{_gap(ASSETS / supervised_file, m[0][0.3], ASSETS / supervised_file, dense, n)} | "
                     f"{_over_representation(_object_precision_of(sup, 0.3))} / "
-                    f"{_over_representation(_object_precision_of(plain, 0.3))} | {router_lead(sup)} / {router_lead(plain)} | "
-                    + " / ".join(_pct(_top1(_split_of(curve, "test_instances").get("points", []), "mone", 0.3))
-                                 for curve in curves_) + " |")
+                    f"{_over_representation(_object_precision_of(plain, 0.3))} | {_router_lead(sup)} / "
+                    f"{_router_lead(plain)} | {_unseen_instances_top1(sup)} / {_unseen_instances_top1(plain)} |")
     return rows if len(rows) > 2 else []
 
 
 # (seed, card, its curve) of the Scenes v2 conv-stem MoNE trained with each --alpha-floor: per seed first the model
 # at the default floor (ALPHA_MIN: the shipped one, or its seed repeat), then the same command with a higher floor;
 # a run not made: no row
-ALPHA_FLOORS: list[tuple[int, str, str]] = []
-for _seed, _suffix, _default_card, _default_curve in (
-        (0, "", f"{_V2_MONE}.json", f"curves/{_V2_MONE}.json"),
-        (1, "_seed1", f"seeds/{_V2_MONE}_seed1.json", f"seeds/curves/{_V2_MONE}_seed1.json")):
-    ALPHA_FLOORS.append((_seed, _default_card, _default_curve))
-    ALPHA_FLOORS += [(_seed, f"ablations/alpha_floor/{_V2_MONE}_alpha{tag}{_suffix}.json",
-                      f"ablations/alpha_floor/curves/{_V2_MONE}_alpha{tag}{_suffix}.json") for tag in ("03", "09")]
+ALPHA_FLOORS = [run for seed in (0, 1) for run in [(seed, *_v2_task_loss_run(seed))] + [
+    (seed, f"ablations/alpha_floor/{_V2_MONE}_alpha{tag}{_seed_suffix(seed)}.json",
+     f"ablations/alpha_floor/curves/{_V2_MONE}_alpha{tag}{_seed_suffix(seed)}.json") for tag in ("03", "09")]]
 
 
 def alpha_floor_table() -> list[str]:
@@ -586,8 +602,7 @@ def alpha_floor_table() -> list[str]:
                        _gap(ASSETS / curve_file, m3, ASSETS / base_file, _point(base["points"], "mone", 0.3), n))
                     + f" | {_gap(ASSETS / curve_file, m3, ASSETS / curve_file, dense, n)} | "
                     f"{_over_representation(_object_precision_of(curve, 0.3))} | "
-                    f"{100 * (_top1(pts, 'mone', 0.2) - _top1(pts, 'random_router', 0.2)):+.1f} | "
-                    f"{_pct(_top1(_split_of(curve, 'test_instances').get('points', []), 'mone', 0.3))} |")
+                    f"{_router_lead(curve)} | {_unseen_instances_top1(curve)} |")
     return rows if len(rows) > 2 + len(base_of) else []     # the default-floor models alone compare nothing
 
 
