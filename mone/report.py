@@ -606,6 +606,36 @@ def alpha_floor_table() -> list[str]:
     return rows if len(rows) > 2 + len(base_of) else []     # the default-floor models alone compare nothing
 
 
+# The Fashion-MNIST conv-stem dense baseline under each training schedule it was given; a missing card is skipped.
+DENSE_SCHEDULES = ["dense_vit_fmnist_convstem.json", "dense_vit_fmnist_convstem_cpu.json",
+                   "ablations/dense_schedule/dense_vit_fmnist_convstem_cpu_18ep.json"]
+
+
+def dense_schedule_table() -> list[str]:
+    """The Fashion-MNIST dense target (≥ 92 %) against the schedule each dense card was trained with: epochs, batch,
+    peak learning rate, images seen and hours (and, for a GPU card, the hours `bench/train_throughput.py` estimates
+    for it on this CPU), beside its test top-1 read from the card's curve file."""
+    estimated_hours = {r["card"]: r["estimated_hours"] for r in (_load(ASSETS / "bench" / "train_cpu.json") or
+                                                                  {"rows": []})["rows"]}
+    rows = ["| card | trained on | epochs × batch, peak lr | images seen | train hours (est. on this CPU) | test images "
+            "| dense top-1 ± 1 s.e. | − 92 % target |", "|---|---|---|---|---|---|---|---|"]
+    for card_file in DENSE_SCHEDULES:
+        card = _load(ASSETS / card_file)
+        curve = card and _load((ASSETS / card_file).parent / card["evaluation"]["curves"])
+        if curve is None:
+            continue
+        cfg, hw, n = card["config"], card["hardware"], curve["images"]
+        top1 = _top1(curve["points"], "dense")
+        threads = f", {hw['threads']} torch thread(s)" if hw.get("threads") and not hw.get("gpu") else ""
+        rows.append(f"| {card_file} | {hw.get('gpu') or hw['cpu'] + threads} | {cfg['epochs']} × "
+                    f"{cfg['batch_size']}, {cfg['lr']:g} | {card['data']['sizes']['images_seen']} | "
+                    f"{card['train_seconds'] / 3600:.2f}"
+                    + (f" ({estimated_hours[Path(card_file).name]:.2f})" if hw.get("gpu") and
+                       Path(card_file).name in estimated_hours else "") + f" | {n} | {_pct(top1)} ± "
+                    f"{standard_error_pt([top1], n):.1f} | {100 * top1 - 92:+.1f} |")
+    return rows if len(rows) > 2 else []
+
+
 def seed_table() -> list[str]:
     """The same commands with another `--seed` (initialisation, data order, e_c draws, drop-path): how far the numbers
     and the targets' gaps move with training noise, next to one standard error of test-set noise; with three seeds or
@@ -674,6 +704,8 @@ def report() -> str:
              ("### Allocators on the trained MoNE model (from `assets/routers/mone_allocators_*.json`)",
               allocators_table()),
              ("### Training noise: the same pair with another seed (from `assets/seeds/curves/`)", seed_table()),
+             ("### Fashion-MNIST dense: the training schedule against the 92 % target (from the cards' curve files)",
+              dense_schedule_table()),
              ("### Training cost on this machine (from `assets/bench/train_cpu.json`)", train_cost_table()),
              ("### Trained on this machine (from the cards)", trained_here_table()),
              ("### Speed (from `assets/bench/speed_*.json`)", speed_table()),

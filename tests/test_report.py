@@ -318,3 +318,23 @@ def test_allocators_table_gives_each_card_its_own_tables(tmp_path, monkeypatch):
     second = rows.index("`b.json`, capacity split of the paper, test top-1 (%):")
     assert rows[second - 1] == ""                                   # a blank line between the two cards' tables
     assert rows[-2:] == ["| mone | 80.0 |", "| uniform | 70.0 |"]
+
+
+def test_dense_schedule_table_reads_each_card_and_its_curve(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "ASSETS", tmp_path)
+    monkeypatch.setattr(report, "DENSE_SCHEDULES", ["d.json", "ab/d.json", "ab/not_run.json"])
+    for card_file, gpu, top1 in (("d.json", "H100", 0.915), ("ab/d.json", None, 0.9)):
+        folder = (tmp_path / card_file).parent
+        (folder / "curves").mkdir(parents=True)
+        (folder / "curves" / "d.json").write_text(json.dumps(dict(
+            images=10_000, points=[dict(method="dense", effective_capacity=1.0, macs=100, top1=top1)])))
+        (tmp_path / card_file).write_text(json.dumps(dict(
+            config=dict(epochs=32, batch_size=512, lr=1.5e-3), data=dict(sizes=dict(images_seen=1_916_928)),
+            hardware=dict(gpu=gpu, cpu="AMD EPYC", threads=2), train_seconds=5400,
+            evaluation=dict(curves="curves/d.json"))))
+    table = report.dense_schedule_table()
+    assert len(table) == 4                                                      # the run not made has no row
+    # s.e. of 91.5 % on 10 000 images: sqrt(.915 * .085 / 1e4) = 0.28 pt
+    assert table[2] == "| d.json | H100 | 32 × 512, 0.0015 | 1916928 | 1.50 | 10000 | 91.5 ± 0.3 | -0.5 |"
+    assert table[3] == ("| ab/d.json | AMD EPYC, 2 torch thread(s) | 32 × 512, 0.0015 | 1916928 | 1.50 | 10000 | "
+                        "90.0 ± 0.3 | -2.0 |")
