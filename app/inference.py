@@ -727,7 +727,10 @@ def analyze_image(image: Any, model_name: Any, allocator: Any = "epr", budget: A
         timing = "measuring (shown once the slider rests)"
     else:
         timing = (f"**{ms:.1f} ms** at this budget vs {full_ms:.1f} ms with every token at full width (e_c = 1): "
-                  f"speed-up ×{full_ms / ms:.2f}")
+                  f"speed-up ×{full_ms / ms:.2f}"
+                  # a small model's one-image forward is per-operation overhead, which the four expert widths add to
+                  + (" (below 1: for one small image the time is per-operation overhead, not MACs; the README's "
+                     "speed table shows where the MACs saving becomes time)" if ms > full_ms else ""))
     readout = "\n".join([
         f"- **Compute:** {fmt_macs(n_macs)} = **{100 * n_macs / dense:.1f} %** of the dense ViT "
         f"({fmt_macs(dense)}); achieved e_c = {grid.achieved[row]:.3f}",

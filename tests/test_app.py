@@ -245,6 +245,15 @@ def test_slider_moves_change_overlay_prediction_and_point_fast(inf, photo):
     assert np.median(times) < 0.25                                   # render-only (generous: shared CI cores)
 
 
+def test_readout_explains_a_budget_measured_slower_than_full_width(inf, photo, monkeypatch):
+    monkeypatch.setattr(inf.latency, "table", {})
+    for ms_budget, ms_full, explained in ((9.9, 8.0, True), (5.0, 8.0, False)):
+        inf.latency.table.update({("tiny", "epr", 0.5): ms_budget, ("tiny", "epr", 1.0): ms_full})
+        r = inf.analyze_image(str(photo), "tiny", "epr", 0.5, measure=False)
+        assert f"speed-up ×{ms_full / ms_budget:.2f}" in r.readout
+        assert ("per-operation overhead, not MACs" in r.readout) == explained
+
+
 def test_latency_is_measured_in_the_background_after_an_upload(inf, photo):
     allocator = "softmax_token_choice"
     first = inf.analyze_image(str(photo), "tiny", allocator, 0.5, precompute=True)
