@@ -399,6 +399,12 @@ def allocators_table() -> list[str]:
     return rows
 
 
+def _cpu_description(hw: dict) -> str:
+    """A card's CPU as the tables print it: model, cores and, where the card recorded them, torch threads."""
+    threads = f", {hw['threads']} torch thread(s)" if "threads" in hw else ""
+    return f"{hw['cpu']}, {hw['cpu_cores']} cores{threads}"
+
+
 def trained_here_table() -> list[str]:
     """Cards whose training ran on a CPU: the hours it took, measured by the training command itself."""
     rows = ["| card | command | hardware | train hours | images seen |", "|---|---|---|---|---|"]
@@ -406,9 +412,7 @@ def trained_here_table() -> list[str]:
         card = _load(path)
         if "hardware" not in card or card["hardware"].get("gpu"):
             continue
-        hw = card["hardware"]
-        threads = f", {hw['threads']} torch thread(s)" if "threads" in hw else ""
-        rows.append(f"| {path.name} | `{card['command']}` | {hw['cpu']}, {hw['cpu_cores']} cores{threads} | "
+        rows.append(f"| {path.name} | `{card['command']}` | {_cpu_description(card['hardware'])} | "
                     f"{card['train_seconds'] / 3600:.2f} | "
                     f"{card['data']['sizes']['images_seen']} |")
     return rows if len(rows) > 2 else []
@@ -628,7 +632,7 @@ def dense_schedule_table() -> list[str]:
             continue
         cfg, hw, n = card["config"], card["hardware"], curve["images"]
         top1 = _top1(curve["points"], "dense")
-        trained_on = hw.get("gpu") or hw["cpu"] + (f", {hw['threads']} torch thread(s)" if hw.get("threads") else "")
+        trained_on = hw.get("gpu") or _cpu_description(hw)
         hours = f"{card['train_seconds'] / 3600:.2f}"
         if hw.get("gpu") and Path(card_file).name in estimated_hours:
             hours += f" ({estimated_hours[Path(card_file).name]:.2f})"
@@ -706,7 +710,8 @@ def report() -> str:
              ("### Allocators on the trained MoNE model (from `assets/routers/mone_allocators_*.json`)",
               allocators_table()),
              ("### Training noise: the same pair with another seed (from `assets/seeds/curves/`)", seed_table()),
-             ("### Fashion-MNIST dense: the training schedule against the 92 % target (from the cards' curve files)",
+             (f"### Fashion-MNIST dense: the training schedule against the {FMNIST_DENSE_TARGET:g} % target (from "
+              "the cards' curve files)",
               dense_schedule_table()),
              ("### Training cost on this machine (from `assets/bench/train_cpu.json`)", train_cost_table()),
              ("### Trained on this machine (from the cards)", trained_here_table()),

@@ -330,11 +330,11 @@ def test_dense_schedule_table_reads_each_card_and_its_curve(tmp_path, monkeypatc
             images=10_000, points=[dict(method="dense", effective_capacity=1.0, macs=100, top1=top1)])))
         (tmp_path / card_file).write_text(json.dumps(dict(
             config=dict(epochs=32, batch_size=512, lr=1.5e-3), data=dict(sizes=dict(images_seen=1_916_928)),
-            hardware=dict(gpu=gpu, cpu="AMD EPYC", threads=2), train_seconds=5400,
+            hardware=dict(gpu=gpu, cpu="AMD EPYC", cpu_cores=2, threads=2), train_seconds=5400,
             evaluation=dict(curves="curves/d.json"))))
     table = report.dense_schedule_table()
     assert len(table) == 4                                                      # the run not made has no row
     # s.e. of 91.5 % on 10 000 images: sqrt(.915 * .085 / 1e4) = 0.28 pt
     assert table[2] == "| d.json | H100 | 32 × 512, 0.0015 | 1916928 | 1.50 | 10000 | 91.5 ± 0.3 | -0.5 |"
-    assert table[3] == ("| ab/d.json | AMD EPYC, 2 torch thread(s) | 32 × 512, 0.0015 | 1916928 | 1.50 | 10000 | "
-                        "90.0 ± 0.3 | -2.0 |")
+    assert table[3] == ("| ab/d.json | AMD EPYC, 2 cores, 2 torch thread(s) | 32 × 512, 0.0015 | 1916928 | 1.50 | "
+                        "10000 | 90.0 ± 0.3 | -2.0 |")
